@@ -1,0 +1,568 @@
+package mux
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/pion/ice/v4"
+	"github.com/rs/zerolog"
+)
+
+var _ ice.UDPMux = (*Mux)(nil)
+
+var (
+	// ErrTooManySessions is returned by GetConn when Config.MaxSessions
+	// sessions are live.
+	ErrTooManySessions = errors.New("mux: too many sessions")
+	// ErrBadUfrag is returned by GetConn for an empty ufrag or one longer
+	// than MaxUfragLen.
+	ErrBadUfrag = errors.New("mux: ufrag empty or too long")
+)
+
+// Mux is one UDP port shared by every session of a node.
+type Mux struct {
+	cfg    Config
+	log    zerolog.Logger
+	socks  []*socket
+	laddr  *net.UDPAddr
+	listen []net.Addr // what GetListenAddresses reports
+	pool   sync.Pool  // *pbuf of MaxPacketSize+1 bytes
+	now    atomic.Int64
+
+	mu        sync.RWMutex
+	ufrags    map[ufragKey]*ufragEntry // guarded by mu
+	nsessions int                      // guarded by mu: live sessions
+	closed    bool                     // guarded by mu
+
+	flows flowTable
+	misc  counters // drops that belong to no socket
+
+	closing   chan struct{}
+	closeOnce sync.Once
+	wg        sync.WaitGroup
+}
+
+// ufragEntry holds a ufrag's sessions, one per address family (ICE asks for
+// one conn per listen address). A closed session stays as a tombstone until
+// swept.
+type ufragEntry struct {
+	v4, v6 *session
+}
+
+func (e *ufragEntry) get(is6 bool) *session {
+	if is6 {
+		return e.v6
+	}
+	return e.v4
+}
+
+// pick returns the session for a datagram of the given family, falling back
+// to the other family's (a dual-stack client may check either).
+func (e *ufragEntry) pick(is6 bool) *session {
+	s, o := e.v4, e.v6
+	if is6 {
+		s, o = o, s
+	}
+	if s == nil || s.closed() && o != nil && !o.closed() {
+		return o
+	}
+	return s
+}
+
+// socket is one of the port's SO_REUSEPORT sockets with its reader state and
+// its writer.
+type socket struct {
+	m     *Mux
+	conn  *net.UDPConn
+	rc    syscall.RawConn
+	v6    bool // AF_INET6 (dual-stack or IPv6-only)
+	rb    rbatch
+	wb    wbatch
+	wr    writer
+	stats counters // the reader's
+}
+
+// WriteToAddrPort sends b from this socket; it lets probe answers leave by
+// the socket the probe came in on.
+func (s *socket) WriteToAddrPort(b []byte, to netip.AddrPort) (int, error) {
+	return s.wr.write(b, unmap(to))
+}
+
+// Listen opens the port at addr ("host:port"; port 0 picks one) and starts
+// reading it.
+func Listen(addr string, cfg Config) (*Mux, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	ua, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("mux: listen address %q: %w", addr, err)
+	}
+	if !reusePortBalances {
+		cfg.Sockets = 1
+	}
+	m := newMux(cfg)
+	for i := 0; i < cfg.Sockets; i++ {
+		uc, v6, err := listenUDP(ua, cfg.SocketBuffer)
+		if err != nil {
+			m.closeSockets()
+			return nil, fmt.Errorf("mux: listen on %s (socket %d): %w", ua, i, err)
+		}
+		if i == 0 {
+			// The other sockets join the port the first one got.
+			m.laddr = uc.LocalAddr().(*net.UDPAddr)
+			ua = &net.UDPAddr{IP: ua.IP, Port: m.laddr.Port, Zone: ua.Zone}
+		}
+		if err := m.addSocket(uc, v6); err != nil {
+			uc.Close()
+			m.closeSockets()
+			return nil, err
+		}
+	}
+	m.listen = listenAddrs(m.laddr, cfg.Advertise)
+	for _, s := range m.socks {
+		m.wg.Add(1)
+		go m.readLoop(s)
+	}
+	m.wg.Add(1)
+	go m.janitor()
+	m.log.Info().Stringer("addr", m.laddr).Int("sockets", len(m.socks)).
+		Int("batch", cfg.BatchSize).Msg("listening")
+	return m, nil
+}
+
+// newMux builds a Mux with no sockets; Listen adds them.
+func newMux(cfg Config) *Mux {
+	m := &Mux{
+		cfg:     cfg,
+		log:     cfg.Logger.With().Str("component", "mux").Logger(),
+		ufrags:  make(map[ufragKey]*ufragEntry),
+		closing: make(chan struct{}),
+	}
+	size := cfg.MaxPacketSize + 1 // one spare byte tells a truncated read
+	m.pool.New = func() any { return &pbuf{b: make([]byte, size)} }
+	m.flows.init()
+	m.now.Store(time.Now().UnixNano())
+	return m
+}
+
+func (m *Mux) addSocket(uc *net.UDPConn, v6 bool) error {
+	rc, err := uc.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("mux: raw conn: %w", err)
+	}
+	s := &socket{m: m, conn: uc, rc: rc, v6: v6}
+	s.initBatch(m.cfg.BatchSize)
+	s.wr.init(s)
+	m.socks = append(m.socks, s)
+	return nil
+}
+
+func (m *Mux) closeSockets() {
+	for _, s := range m.socks {
+		s.conn.Close()
+	}
+}
+
+func (m *Mux) getBuf() *pbuf { return m.pool.Get().(*pbuf) }
+
+// getBufFor returns a buffer of at least n bytes (a send larger than
+// MaxPacketSize gets its own).
+func (m *Mux) getBufFor(n int) *pbuf {
+	if n <= m.cfg.MaxPacketSize+1 {
+		return m.getBuf()
+	}
+	return &pbuf{b: make([]byte, n)}
+}
+
+func (m *Mux) putBuf(b *pbuf) {
+	if b != nil && len(b.b) == m.cfg.MaxPacketSize+1 {
+		m.pool.Put(b)
+	}
+}
+
+// LocalAddr is the address the port is bound to.
+func (m *Mux) LocalAddr() net.Addr { return m.laddr }
+
+// GetListenAddresses reports the addresses ICE agents advertise as host
+// candidates (Config.Advertise, or the bound addresses).
+func (m *Mux) GetListenAddresses() []net.Addr {
+	return append([]net.Addr(nil), m.listen...)
+}
+
+// GetConn returns a conn for the session of ufrag in addr's address family,
+// creating the session on first use. Every returned conn must be closed; the
+// session lives until the last is, or until RemoveConnByUfrag.
+func (m *Mux) GetConn(ufrag string, addr net.Addr) (net.PacketConn, error) {
+	key, ok := makeUfragKey(ufrag)
+	if !ok {
+		return nil, fmt.Errorf("%w: %d bytes", ErrBadUfrag, len(ufrag))
+	}
+	is6 := false
+	if ua, ok := addr.(*net.UDPAddr); ok && ua.IP.To4() == nil && ua.IP != nil {
+		is6 = true
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil, io.ErrClosedPipe
+	}
+	e := m.ufrags[key]
+	if e == nil {
+		e = &ufragEntry{}
+		m.ufrags[key] = e
+	}
+	s := e.get(is6)
+	if s == nil || s.closed() {
+		if m.nsessions >= m.cfg.MaxSessions {
+			if e.v4 == nil && e.v6 == nil {
+				delete(m.ufrags, key)
+			}
+			return nil, ErrTooManySessions
+		}
+		s = newSession(m, key, is6, m.writerFor(key))
+		if is6 {
+			e.v6 = s
+		} else {
+			e.v4 = s
+		}
+		m.nsessions++
+	}
+	s.refs++
+	return &conn{s: s, laddr: addr, done: make(chan struct{})}, nil
+}
+
+// writerFor spreads sessions over the sockets' writers.
+func (m *Mux) writerFor(k ufragKey) *writer {
+	h := uint32(2166136261)
+	for _, c := range k.b[:k.n] {
+		h = (h ^ uint32(c)) * 16777619
+	}
+	return &m.socks[h%uint32(len(m.socks))].wr
+}
+
+// release drops one reference to s, closing it with the last.
+func (m *Mux) release(s *session) {
+	m.mu.Lock()
+	s.refs--
+	last := s.refs <= 0
+	if last {
+		m.closeSessionLocked(s)
+	}
+	m.mu.Unlock()
+}
+
+// RemoveConnByUfrag closes ufrag's sessions whatever their references.
+func (m *Mux) RemoveConnByUfrag(ufrag string) {
+	key, ok := makeUfragKey(ufrag)
+	if !ok {
+		return
+	}
+	m.mu.Lock()
+	if e := m.ufrags[key]; e != nil {
+		for _, s := range [2]*session{e.v4, e.v6} {
+			if s != nil {
+				m.closeSessionLocked(s)
+			}
+		}
+	}
+	m.mu.Unlock()
+}
+
+func (m *Mux) closeSessionLocked(s *session) {
+	if s.closed() {
+		return
+	}
+	s.close(m.now.Load())
+	m.nsessions--
+}
+
+// bindOnWrite binds to to s: its agent is answering that address.
+func (m *Mux) bindOnWrite(s *session, to netip.AddrPort) {
+	now := m.now.Load()
+	if f := m.flows.get(to); f != nil && f.sess == s {
+		f.touch(now)
+		return
+	}
+	res, prev := m.flows.bind(to, s, now, m.cfg.MaxFlows)
+	switch res {
+	case bindFull:
+		m.misc.drop(DropTableFull)
+		return
+	case bindExisting:
+		return
+	}
+	if prev != nil {
+		prev.removeAddr(to)
+	}
+	if old, ok := s.addAddr(to, m.cfg.MaxAddrsPerSession, m.lastSeen); ok {
+		m.flows.unbind(old, s)
+	}
+	if s.closed() {
+		// Closed while binding: leave no live binding behind.
+		m.flows.unbind(to, s)
+	}
+}
+
+func (m *Mux) lastSeen(a netip.AddrPort) int64 {
+	if f := m.flows.get(a); f != nil {
+		return f.lastSeen.Load()
+	}
+	return 0
+}
+
+// WriteToAddrPort sends b from the port to addr outside any session (health
+// probe answers). It binds nothing.
+func (m *Mux) WriteToAddrPort(b []byte, addr netip.AddrPort) (int, error) {
+	if len(m.socks) == 0 {
+		return 0, net.ErrClosed
+	}
+	return m.socks[0].wr.write(b, unmap(addr))
+}
+
+// Stats returns a snapshot of the counters.
+func (m *Mux) Stats() Stats {
+	var st Stats
+	add := func(c *counters, out bool) {
+		for i := range c.packets {
+			if out {
+				st.PacketsOut[i] += c.packets[i].Load()
+				st.BytesOut[i] += c.bytes[i].Load()
+			} else {
+				st.PacketsIn[i] += c.packets[i].Load()
+				st.BytesIn[i] += c.bytes[i].Load()
+			}
+		}
+		for i := range c.drops {
+			st.Drops[i] += c.drops[i].Load()
+		}
+		st.Probes += c.probes.Load()
+	}
+	for _, s := range m.socks {
+		add(&s.stats, false)
+		add(&s.wr.stats, true)
+	}
+	add(&m.misc, false)
+	m.mu.RLock()
+	st.Sessions = m.nsessions
+	m.mu.RUnlock()
+	st.Flows = m.flows.len()
+	return st
+}
+
+// Close closes the sockets and every session and waits for the mux's
+// goroutines. It is idempotent.
+func (m *Mux) Close() error {
+	m.closeOnce.Do(func() {
+		m.mu.Lock()
+		m.closed = true
+		now := m.now.Load()
+		for _, e := range m.ufrags {
+			for _, s := range [2]*session{e.v4, e.v6} {
+				if s != nil && !s.closed() {
+					s.close(now)
+					m.nsessions--
+				}
+			}
+		}
+		m.mu.Unlock()
+		close(m.closing)
+		m.closeSockets()
+		m.wg.Wait()
+		m.log.Info().Msg("closed")
+	})
+	return nil
+}
+
+// janitor keeps the coarse clock and sweeps idle flows and tombstones.
+func (m *Mux) janitor() {
+	defer m.wg.Done()
+	t := time.NewTicker(m.cfg.SweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-m.closing:
+			return
+		case now := <-t.C:
+			m.now.Store(now.UnixNano())
+			m.sweep(now.UnixNano())
+		}
+	}
+}
+
+func (m *Mux) sweep(now int64) {
+	idleBefore := now - int64(m.cfg.IdleTimeout)
+	deadBefore := now - int64(m.cfg.TombstoneTTL)
+	m.flows.sweep(idleBefore, deadBefore, func(s *session, a netip.AddrPort) { s.removeAddr(a) })
+	m.mu.Lock()
+	for k, e := range m.ufrags {
+		if e.v4 != nil && e.v4.closedAt.Load() != 0 && e.v4.closedAt.Load() < deadBefore {
+			e.v4 = nil
+		}
+		if e.v6 != nil && e.v6.closedAt.Load() != 0 && e.v6.closedAt.Load() < deadBefore {
+			e.v6 = nil
+		}
+		if e.v4 == nil && e.v6 == nil {
+			delete(m.ufrags, k)
+		}
+	}
+	m.mu.Unlock()
+}
+
+// readLoop reads one socket until it is closed.
+func (m *Mux) readLoop(s *socket) {
+	defer m.wg.Done()
+	var backoff time.Duration
+	for {
+		n, err := s.readBatch()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Transient kernel errors (ENOMEM, ICMP-reported errors): count,
+			// back off briefly so a persistent one does not spin a core.
+			s.stats.drop(DropReadError)
+			backoff = min(max(2*backoff, time.Millisecond), 100*time.Millisecond)
+			select {
+			case <-m.closing:
+				return
+			case <-time.After(backoff):
+			}
+			continue
+		}
+		backoff = 0
+		now := time.Now().UnixNano()
+		m.now.Store(now)
+		for i := 0; i < n; i++ {
+			buf, size, from, trunc := s.datagram(i)
+			if trunc || size > m.cfg.MaxPacketSize {
+				s.stats.drop(DropTruncated)
+				continue
+			}
+			if m.demux(&s.stats, s, buf, size, from, now) {
+				s.replace(i, m.getBuf())
+			}
+		}
+	}
+}
+
+// demux routes one datagram that arrived from `from`, counting it and any
+// drop in c. It reports whether it kept buf (handed it to a session).
+func (m *Mux) demux(c *counters, w ProbeWriter, buf *pbuf, n int, from netip.AddrPort, now int64) bool {
+	b := buf.b[:n]
+	class := Classify(b)
+	c.count(class, n)
+	if f := m.flows.get(from); f != nil {
+		s := f.sess
+		if s.closed() {
+			c.drop(DropClosed)
+			return false
+		}
+		f.touch(now)
+		r, ok := s.push(buf, n, from, false)
+		if !ok {
+			c.drop(r)
+		}
+		return ok
+	}
+	if class != ClassSTUN {
+		if class == ClassOther {
+			c.drop(DropJunk)
+		} else {
+			c.drop(DropUnknownAddr)
+		}
+		return false
+	}
+	kind, ufrag := ParseSTUN(b)
+	switch kind {
+	case StunInvalid:
+		c.drop(DropJunk)
+		return false
+	case StunOther:
+		c.drop(DropNotRequest)
+		return false
+	case StunBindingProbe:
+		if m.cfg.Probe == nil {
+			c.drop(DropProbe)
+			return false
+		}
+		c.probes.Add(1)
+		m.cfg.Probe.HandleProbe(b, from, w)
+		return false
+	}
+	key, ok := makeUfragKey(ufrag)
+	if !ok {
+		c.drop(DropUnknownUfrag)
+		return false
+	}
+	m.mu.RLock()
+	var s *session
+	if e := m.ufrags[key]; e != nil {
+		s = e.pick(from.Addr().Is6())
+	}
+	m.mu.RUnlock()
+	switch {
+	case s == nil:
+		c.drop(DropUnknownUfrag)
+		return false
+	case s.closed():
+		c.drop(DropClosed)
+		return false
+	}
+	r, ok := s.push(buf, n, from, true)
+	if !ok {
+		c.drop(r)
+	}
+	return ok
+}
+
+// listenAddrs is what GetListenAddresses reports: the advertised addresses,
+// else the bound one, else (bound to a wildcard) the host's global unicast
+// addresses of the socket's families.
+func listenAddrs(bound *net.UDPAddr, adv []netip.AddrPort) []net.Addr {
+	var out []net.Addr
+	for _, a := range adv {
+		out = append(out, net.UDPAddrFromAddrPort(a))
+	}
+	if len(out) > 0 {
+		return out
+	}
+	if !bound.IP.IsUnspecified() {
+		return []net.Addr{bound}
+	}
+	want6 := bound.IP.To4() == nil // "[::]" is dual-stack
+	ifAddrs, _ := net.InterfaceAddrs()
+	var loop []net.Addr
+	for _, ia := range ifAddrs {
+		ipn, ok := ia.(*net.IPNet)
+		if !ok {
+			continue
+		}
+		ip := ipn.IP
+		if ip.To4() == nil && !want6 {
+			continue
+		}
+		a := &net.UDPAddr{IP: ip, Port: bound.Port}
+		switch {
+		case ip.IsLoopback():
+			loop = append(loop, a)
+		case ip.IsGlobalUnicast():
+			out = append(out, a)
+		}
+	}
+	if len(out) == 0 {
+		out = loop
+	}
+	if len(out) == 0 {
+		out = []net.Addr{bound}
+	}
+	return out
+}
