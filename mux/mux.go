@@ -86,7 +86,8 @@ type socket struct {
 	rb    rbatch
 	wb    wbatch
 	wr    writer
-	stats counters // the reader's
+	rs    readerState // the reader's cache and batch counters
+	stats counters    // the reader's published counters
 }
 
 // WriteToAddrPort sends b from this socket; it lets probe answers leave by
@@ -444,23 +445,25 @@ func (m *Mux) readLoop(s *socket) {
 		for i := 0; i < n; i++ {
 			buf, size, from, trunc := s.datagram(i)
 			if trunc || size > m.cfg.MaxPacketSize {
-				s.stats.drop(DropTruncated)
+				s.rs.local.drop(DropTruncated)
 				continue
 			}
-			if m.demux(&s.stats, s, buf, size, from, now) {
+			if m.demux(&s.rs, s, buf, size, from, now) {
 				s.replace(i, m.getBuf())
 			}
 		}
+		s.rs.local.flush(&s.stats)
 	}
 }
 
 // demux routes one datagram that arrived from `from`, counting it and any
-// drop in c. It reports whether it kept buf (handed it to a session).
-func (m *Mux) demux(c *counters, w ProbeWriter, buf *pbuf, n int, from netip.AddrPort, now int64) bool {
+// drop in rs. It reports whether it kept buf (handed it to a session).
+func (m *Mux) demux(rs *readerState, w ProbeWriter, buf *pbuf, n int, from netip.AddrPort, now int64) bool {
 	b := buf.b[:n]
 	class := Classify(b)
+	c := &rs.local
 	c.count(class, n)
-	if f := m.flows.get(from); f != nil {
+	if f := rs.lookup(&m.flows, from); f != nil {
 		s := f.sess
 		if s.closed() {
 			c.drop(DropClosed)
@@ -494,7 +497,7 @@ func (m *Mux) demux(c *counters, w ProbeWriter, buf *pbuf, n int, from netip.Add
 			c.drop(DropProbe)
 			return false
 		}
-		c.probes.Add(1)
+		c.probes++
 		m.cfg.Probe.HandleProbe(b, from, w)
 		return false
 	}

@@ -32,7 +32,8 @@ const flowShards = 64 // a power of two
 // read lock; binds, unbinds and sweeps take its write lock.
 type flowTable struct {
 	shards [flowShards]flowShard
-	count  atomic.Int64 // entries over all shards, tombstones included
+	count  atomic.Int64  // entries over all shards, tombstones included
+	gen    atomic.Uint64 // bumped when a flow is removed or rebound: readers' caches check it
 }
 
 type flowShard struct {
@@ -47,19 +48,26 @@ func (t *flowTable) init() {
 	}
 }
 
-// shard picks a's shard with a multiplicative hash of its 16-byte form and
-// port: no allocation, and Go's map inside still uses its own seeded hash.
-func (t *flowTable) shard(a netip.AddrPort) *flowShard {
+// addrHash is a multiplicative hash of a's 16-byte form and port: no
+// allocation. It picks shards and cache slots; Go's map inside a shard still
+// uses its own seeded hash, so colliding addresses cost locality, not time.
+func addrHash(a netip.AddrPort) uint64 {
 	b := a.Addr().As16()
 	h := binary.LittleEndian.Uint64(b[0:8])*0x9E3779B97F4A7C15 ^
 		binary.LittleEndian.Uint64(b[8:16])*0xC2B2AE3D27D4EB4F ^
 		uint64(a.Port())*0x165667B19E3779F9
-	return &t.shards[(h^h>>29)&(flowShards-1)]
+	return h ^ h>>29
+}
+
+func (t *flowTable) shard(a netip.AddrPort) *flowShard {
+	return &t.shards[(addrHash(a)>>10)&(flowShards-1)]
 }
 
 // get returns a's flow, or nil.
-func (t *flowTable) get(a netip.AddrPort) *flow {
-	sh := t.shard(a)
+func (t *flowTable) get(a netip.AddrPort) *flow { return t.getHashed(a, addrHash(a)) }
+
+func (t *flowTable) getHashed(a netip.AddrPort, h uint64) *flow {
+	sh := &t.shards[(h>>10)&(flowShards-1)]
 	sh.mu.RLock()
 	f := sh.m[a]
 	sh.mu.RUnlock()
@@ -94,6 +102,7 @@ func (t *flowTable) bind(a netip.AddrPort, s *session, now int64, max int) (res 
 		t.count.Add(1)
 	} else {
 		prev = old.sess
+		t.gen.Add(1)
 	}
 	f := &flow{sess: s}
 	f.lastSeen.Store(now)
@@ -108,6 +117,7 @@ func (t *flowTable) unbind(a netip.AddrPort, s *session) {
 	if f := sh.m[a]; f != nil && f.sess == s {
 		delete(sh.m, a)
 		t.count.Add(-1)
+		t.gen.Add(1)
 	}
 	sh.mu.Unlock()
 }
@@ -129,12 +139,14 @@ func (t *flowTable) sweep(idleBefore, deadBefore int64, gone func(*session, neti
 				if c < deadBefore {
 					delete(sh.m, a)
 					t.count.Add(-1)
+					t.gen.Add(1)
 				}
 				continue
 			}
 			if f.lastSeen.Load() < idleBefore {
 				delete(sh.m, a)
 				t.count.Add(-1)
+				t.gen.Add(1)
 				out = append(out, expired{f.sess, a})
 			}
 		}

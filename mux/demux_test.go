@@ -1,0 +1,183 @@
+package mux
+
+import (
+	"net/netip"
+	"testing"
+)
+
+// demuxFixture is a socketless mux with n sessions, each with one bound
+// address, for measuring the demux step alone: packet in hand to the
+// session's queue and out again, no kernel.
+type demuxFixture struct {
+	m     *Mux
+	addrs []netip.AddrPort
+	sess  []*session
+	rs    readerState
+	c     counters
+	out   []byte
+}
+
+func newDemuxFixture(tb testing.TB, n int) *demuxFixture {
+	cfg, err := Config{Sockets: 1}.withDefaults()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	f := &demuxFixture{m: newMux(cfg), out: make([]byte, 2048)}
+	now := f.m.now.Load()
+	for i := 0; i < n; i++ {
+		key, _ := makeUfragKey(randomIceChars(UfragRandomChars))
+		s := newSession(f.m, key, false, nil)
+		a := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), uint16(40000+i%20000))
+		if res, _ := f.m.flows.bind(a, s, now, cfg.MaxFlows); res != bindNew {
+			tb.Fatalf("bind %v: %v", a, res)
+		}
+		f.m.ufrags[key] = &ufragEntry{v4: s}
+		f.addrs = append(f.addrs, a)
+		f.sess = append(f.sess, s)
+	}
+	return f
+}
+
+// step hands pkt from session i's address to the mux and reads it back from
+// the session's queue.
+func (f *demuxFixture) step(tb testing.TB, i int, pkt []byte) {
+	buf := f.m.getBuf()
+	n := copy(buf.b, pkt)
+	if !f.m.demux(&f.rs, nil, buf, n, f.addrs[i], f.m.now.Load()) {
+		tb.Fatal("not delivered")
+	}
+	if _, _, ok := f.sess[i].pop(f.out); !ok {
+		tb.Fatal("queue empty")
+	}
+	if i%32 == 31 { // a reader publishes its counters once per batch
+		f.rs.local.flush(&f.c)
+	}
+}
+
+// TestDemuxAllocatesNothing pins the hot path at zero allocations per packet
+// for bound flows (RTP, DTLS) and for the drop paths an attacker can drive:
+// unknown addresses, unknown ufrags and junk.
+func TestDemuxAllocatesNothing(t *testing.T) {
+	f := newDemuxFixture(t, 1000)
+	rtp := rtpPacket(1, 1200)
+	for i := range 2000 { // warm the pool and grow the rings
+		f.step(t, i%1000, rtp)
+	}
+	i := 0
+	if a := testing.AllocsPerRun(10000, func() {
+		f.step(t, i%1000, rtp)
+		i++
+	}); a != 0 {
+		t.Fatalf("bound flow: %v allocs per packet", a)
+	}
+	unknown := netip.MustParseAddrPort("192.0.2.1:5000")
+	for name, pkt := range map[string][]byte{
+		"unknown ufrag": bindingRequest(t, "nosuchufrag:x"),
+		"junk":          {0xff, 0, 1, 2},
+		"rtp":           rtp,
+		"probe":         bindingRequest(t, ""),
+	} {
+		buf := f.m.getBuf()
+		n := copy(buf.b, pkt)
+		if a := testing.AllocsPerRun(10000, func() {
+			if f.m.demux(&f.rs, nil, buf, n, unknown, 0) {
+				t.Fatal("delivered")
+			}
+		}); a != 0 {
+			t.Fatalf("%s from an unknown address: %v allocs per packet", name, a)
+		}
+	}
+	// STUN reaching a session by ufrag.
+	req := bindingRequest(t, f.sess[0].ufrag+":cli")
+	if a := testing.AllocsPerRun(10000, func() {
+		buf := f.m.getBuf()
+		n := copy(buf.b, req)
+		if !f.m.demux(&f.rs, nil, buf, n, unknown, 0) {
+			t.Fatal("check not delivered")
+		}
+		f.sess[0].pop(f.out)
+	}); a != 0 {
+		t.Fatalf("check by ufrag: %v allocs per packet", a)
+	}
+}
+
+// BenchmarkDemux measures the demux step alone with 1,000 sessions: a
+// datagram in hand (in a reader's buffer) to its session's queue, including
+// the fresh buffer the reader takes in its place. The queues are drained with
+// the timer stopped. DemuxAndRead adds the session reader's dequeue and copy.
+func BenchmarkDemux(b *testing.B) {
+	for _, size := range []int{100, 1200} {
+		name := map[int]string{100: "rtp100B", 1200: "rtp1200B"}[size]
+		b.Run(name, func(b *testing.B) {
+			f := newDemuxFixture(b, 1000)
+			pkt := rtpPacket(1, size)
+			bufs := make([]*pbuf, 1000)
+			for i := range bufs {
+				bufs[i] = f.m.getBuf()
+				copy(bufs[i].b, pkt)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				j := i % 1000
+				if !f.m.demux(&f.rs, nil, bufs[j], size, f.addrs[j], 0) {
+					b.Fatal("not delivered")
+				}
+				bufs[j] = f.m.getBuf() // the reader's replacement
+				if j == 999 {          // each session holds one datagram: drain
+					b.StopTimer()
+					f.rs.local.flush(&f.c)
+					for _, s := range f.sess {
+						for {
+							if _, _, ok := s.pop(f.out); !ok {
+								break
+							}
+						}
+					}
+					for k := range bufs {
+						copy(bufs[k].b, pkt)
+					}
+					b.StartTimer()
+				}
+			}
+		})
+		b.Run(name+"AndRead", func(b *testing.B) {
+			f := newDemuxFixture(b, 1000)
+			pkt := rtpPacket(1, size)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				f.step(b, i%1000, pkt)
+			}
+		})
+	}
+	b.Run("stunByUfrag", func(b *testing.B) {
+		f := newDemuxFixture(b, 1000)
+		reqs := make([][]byte, 1000)
+		for i := range reqs {
+			reqs[i] = bindingRequest(b, f.sess[i].ufrag+":cli")
+		}
+		from := netip.MustParseAddrPort("192.0.2.1:5000")
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			buf := f.m.getBuf()
+			n := copy(buf.b, reqs[i%1000])
+			if !f.m.demux(&f.rs, nil, buf, n, from, 0) {
+				b.Fatal("not delivered")
+			}
+			f.sess[i%1000].pop(f.out)
+		}
+	})
+	b.Run("junkFlood", func(b *testing.B) {
+		f := newDemuxFixture(b, 1000)
+		buf := f.m.getBuf()
+		n := copy(buf.b, bindingRequest(b, "nosuchufrag:x"))
+		from := netip.MustParseAddrPort("192.0.2.1:5000")
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			f.m.demux(&f.rs, nil, buf, n, from, 0)
+		}
+	})
+}
