@@ -75,6 +75,11 @@ type Config struct {
 	// global unicast interface address when bound to a wildcard address.
 	Advertise []netip.AddrPort
 
+	// AdvertisePort replaces the port of the addresses GetListenAddresses
+	// reports when Advertise is empty (a load balancer that forwards another
+	// port to this one). Zero means the bound port.
+	AdvertisePort uint16
+
 	// Probe answers STUN Binding requests that carry no USERNAME (load
 	// balancer health probes). Nil means they are dropped as DropProbe.
 	Probe ProbeHandler

@@ -3,6 +3,7 @@ package mux
 import (
 	"net"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 
@@ -13,6 +14,13 @@ import (
 // goroutines) when the test ends.
 func listenTest(t *testing.T, addr string, cfg Config) *Mux {
 	t.Helper()
+	if _, seen := leakChecked.LoadOrStore(t, true); !seen {
+		// Registered before any Close, so it runs after all of them.
+		t.Cleanup(func() {
+			goleak.VerifyNone(t)
+			leakChecked.Delete(t)
+		})
+	}
 	m, err := Listen(addr, cfg)
 	if err != nil {
 		t.Fatalf("Listen: %v", err)
@@ -21,10 +29,11 @@ func listenTest(t *testing.T, addr string, cfg Config) *Mux {
 		if err := m.Close(); err != nil {
 			t.Errorf("Close: %v", err)
 		}
-		goleak.VerifyNone(t)
 	})
 	return m
 }
+
+var leakChecked sync.Map // *testing.T -> true once its leak check is registered
 
 // eventually polls cond until it holds or the deadline passes.
 func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {

@@ -128,7 +128,7 @@ func Listen(addr string, cfg Config) (*Mux, error) {
 			return nil, err
 		}
 	}
-	m.listen = listenAddrs(m.laddr, cfg.Advertise)
+	m.listen = listenAddrs(m.laddr, cfg.Advertise, cfg.AdvertisePort)
 	for _, s := range m.socks {
 		m.wg.Add(1)
 		go m.readLoop(s)
@@ -530,13 +530,16 @@ func (m *Mux) demux(rs *readerState, w ProbeWriter, buf *pbuf, n int, from netip
 // listenAddrs is what GetListenAddresses reports: the advertised addresses,
 // else the bound one, else (bound to a wildcard) the host's global unicast
 // addresses of the socket's families.
-func listenAddrs(bound *net.UDPAddr, adv []netip.AddrPort) []net.Addr {
+func listenAddrs(bound *net.UDPAddr, adv []netip.AddrPort, port uint16) []net.Addr {
 	var out []net.Addr
 	for _, a := range adv {
 		out = append(out, net.UDPAddrFromAddrPort(a))
 	}
 	if len(out) > 0 {
 		return out
+	}
+	if port != 0 {
+		bound = &net.UDPAddr{IP: bound.IP, Port: int(port), Zone: bound.Zone}
 	}
 	if !bound.IP.IsUnspecified() {
 		return []net.Addr{bound}

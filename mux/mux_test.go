@@ -370,4 +370,8 @@ func TestConfigValidation(t *testing.T) {
 	if la := m.GetListenAddresses(); len(la) != 1 || la[0].String() != "203.0.113.7:3478" {
 		t.Fatalf("listen addresses %v", la)
 	}
+	m2 := listenTest(t, "127.0.0.1:0", Config{Sockets: 1, AdvertisePort: 443})
+	if la := m2.GetListenAddresses(); len(la) != 1 || la[0].String() != "127.0.0.1:443" {
+		t.Fatalf("listen addresses with AdvertisePort %v", la)
+	}
 }
