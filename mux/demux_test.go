@@ -181,3 +181,22 @@ func BenchmarkDemux(b *testing.B) {
 		}
 	})
 }
+
+// TestWriteBindAllocatesNothing: a session writing to its bound address
+// allocates nothing to check or refresh the binding.
+func TestWriteBindAllocatesNothing(t *testing.T) {
+	f := newDemuxFixture(t, 10)
+	s, a := f.sess[3], f.addrs[3]
+	f.m.bindOnWrite(s, a)
+	if n := testing.AllocsPerRun(10000, func() { f.m.bindOnWrite(s, a) }); n != 0 {
+		t.Fatalf("%v allocs per write", n)
+	}
+}
+
+func BenchmarkBindOnWrite(b *testing.B) {
+	f := newDemuxFixture(b, 1000)
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		f.m.bindOnWrite(f.sess[7], f.addrs[7])
+	}
+}

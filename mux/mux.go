@@ -289,8 +289,14 @@ func (m *Mux) closeSessionLocked(s *session) {
 // bindOnWrite binds to to s: its agent is answering that address.
 func (m *Mux) bindOnWrite(s *session, to netip.AddrPort) {
 	now := m.now.Load()
+	gen := m.flows.gen.Load() // before any lookup: a later change invalidates
+	if c := s.sent.Load(); c != nil && c.addr == to && c.gen == gen {
+		c.f.touch(now)
+		return
+	}
 	if f := m.flows.get(to); f != nil && f.sess == s {
 		f.touch(now)
+		s.sent.Store(&sentFlow{addr: to, f: f, gen: gen})
 		return
 	}
 	res, prev := m.flows.bind(to, s, now, m.cfg.MaxFlows)
@@ -350,6 +356,7 @@ func (m *Mux) Stats() Stats {
 	for _, s := range m.socks {
 		add(&s.stats, false)
 		add(&s.wr.stats, true)
+		st.QueuedOut += s.wr.batched.Load()
 	}
 	add(&m.misc, false)
 	m.mu.RLock()

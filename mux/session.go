@@ -44,6 +44,17 @@ type session struct {
 
 	amu   sync.Mutex
 	addrs []netip.AddrPort // guarded by amu: addresses bound to this session
+
+	// sent caches the flow of the address last written to, so a steady
+	// stream of writes skips the table. Valid while the table's generation
+	// equals its gen.
+	sent atomic.Pointer[sentFlow]
+}
+
+type sentFlow struct {
+	addr netip.AddrPort
+	f    *flow
+	gen  uint64
 }
 
 func newSession(m *Mux, key ufragKey, is6 bool, w *writer) *session {

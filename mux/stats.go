@@ -45,6 +45,7 @@ type Stats struct {
 	BytesOut   [NumClasses]uint64
 	Drops      [NumDropReasons]uint64
 	Probes     uint64 // Binding requests without USERNAME handed to the probe handler
+	QueuedOut  uint64 // datagrams sent after waiting behind another send (in sendmmsg batches)
 	Sessions   int    // live sessions
 	Flows      int    // bound addresses, tombstones included
 }

@@ -29,7 +29,8 @@ type writer struct {
 	q       []outPkt     // guarded by qmu: waiting datagrams, at most WriteQueueLen
 	pending atomic.Int32 // len(q), readable without qmu
 
-	stats counters
+	stats   counters
+	batched atomic.Uint64 // datagrams that left queued behind another send
 }
 
 func (w *writer) init(s *socket) {
@@ -95,6 +96,7 @@ func (w *writer) sendQueueLocked(own outPkt) error {
 	w.pending.Store(0)
 	w.qmu.Unlock()
 	queued := len(w.out)
+	w.batched.Add(uint64(queued))
 	if own.b != nil {
 		w.out = append(w.out, own)
 	}

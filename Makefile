@@ -1,0 +1,47 @@
+# oneport: `make run` starts a node on embedded defaults, `make test` runs every test.
+
+GO        ?= go
+BIN       ?= bin/oneport
+FUZZTIME  ?= 25s
+# Packages whose tests run under the race detector in `make test`.
+RACE_PKGS ?= ./mux/... ./lbhealth/... ./sfu/... ./bench/...
+
+.PHONY: build run test test-race test-rest bench fuzz lint
+
+build:
+	$(GO) build -o $(BIN) ./cmd/oneport
+
+run: build
+	./$(BIN) serve
+
+# Every test: vet and format first, the concurrent packages under -race, the
+# rest plainly (the browser test needs root, chromium and node; .ci/run
+# installs them).
+test: lint test-race test-rest
+
+test-race:
+	$(GO) test -race -count=1 -timeout 15m $(RACE_PKGS)
+
+test-rest:
+	$(GO) test -count=1 -timeout 15m $$($(GO) list ./... | grep -v -e /mux -e /lbhealth -e /sfu -e /bench)
+
+# Benchmarks: the demux step alone, then the three receivers in one run.
+bench: build
+	$(GO) test -run '^$$' -bench . -benchmem ./mux/
+	./$(BIN) bench mux
+
+# Every fuzz target for FUZZTIME each; new interesting inputs land in the
+# package's testdata/fuzz corpus.
+fuzz:
+	@set -e; for f in $$(grep -rl --include='*_test.go' '^func Fuzz' .); do \
+		pkg=./$$(dirname $$f); \
+		for t in $$(grep -o '^func Fuzz[A-Za-z0-9_]*' $$f | cut -d' ' -f2); do \
+			echo "== $$pkg $$t"; \
+			$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg; \
+		done; \
+	done
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
