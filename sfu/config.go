@@ -1,0 +1,193 @@
+package sfu
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/pion/ice/v4"
+	"github.com/rs/zerolog"
+)
+
+// Clock is the time source for room life (empty timeout) and timestamps shown
+// in the API. Tests inject one to simulate days; media timing always uses the
+// real monotonic clock.
+type Clock interface {
+	Now() time.Time
+}
+
+type realClock struct{}
+
+func (realClock) Now() time.Time { return time.Now() }
+
+// Config configures a Server. Each field's comment gives its zero-value
+// default; applyDefaults fills them in and validates.
+type Config struct {
+	// UDPMux carries every PeerConnection's ICE, DTLS and SRTP. Required. Its
+	// GetListenAddresses decides the advertised host candidates (public IP and
+	// port). The Server does not close it.
+	UDPMux ice.UDPMux
+
+	// NewICECredentials returns the local ICE ufrag and pwd of a new
+	// PeerConnection. Default: crypto/rand, ufrag 16 ice-chars (96 bits), pwd
+	// 32 ice-chars. Both must be ice-chars (A-Za-z0-9+/), ufrag >= 4 and pwd
+	// >= 22 characters (RFC 8839).
+	NewICECredentials func() (ufrag, pwd string)
+
+	// NewID returns a resource (participant) id, used in URLs. Default:
+	// crypto/rand, 128 bits base64url (22 characters). Must be URL-path safe
+	// and unique.
+	NewID func() string
+
+	// EmptyTimeout is how long a room lives with no participant and no event
+	// watcher. Default 30s.
+	EmptyTimeout time.Duration
+
+	// SweepInterval is how often rooms are checked for EmptyTimeout and layer
+	// bitrates are computed. Default 1s.
+	SweepInterval time.Duration
+
+	// Token, if set, is the bearer token required to publish, subscribe,
+	// modify or delete a resource and to select layers. Default: empty, off.
+	Token string
+
+	// MaxBodyBytes bounds signaling request bodies (413 beyond). Default 64 KiB.
+	MaxBodyBytes int64
+
+	// MaxParticipants bounds participants in the whole server (503 beyond).
+	// Default 10000.
+	MaxParticipants int
+
+	// MaxWatchers bounds event-stream watchers per room (503 beyond). Default 256.
+	MaxWatchers int
+
+	// QueuePackets is each subscriber's send queue length in packets; when it
+	// is full new packets for that subscriber are dropped and counted.
+	// Default 512.
+	QueuePackets int
+
+	// KeyframeInterval is the least time between two keyframe requests (PLI)
+	// sent for one publisher layer; requests in between are coalesced.
+	// Default 500ms.
+	KeyframeInterval time.Duration
+
+	// GatherTimeout bounds the wait for local candidates before answering.
+	// Default 5s.
+	GatherTimeout time.Duration
+
+	// ICEDisconnectedTimeout, ICEFailedTimeout and ICEKeepaliveInterval are
+	// pion's ICE timeouts. A participant is removed when ICE fails, so
+	// disconnected+failed is the consent-expiry time (RFC 7675 says 30s).
+	// Defaults 5s, 25s, 2s.
+	ICEDisconnectedTimeout time.Duration
+	ICEFailedTimeout       time.Duration
+	ICEKeepaliveInterval   time.Duration
+
+	// Logger receives the server's logs, with component "sfu". Default: the
+	// zero zerolog.Logger, which discards.
+	Logger zerolog.Logger
+
+	// Clock is the room-life time source. Default: real time.
+	Clock Clock
+
+	// IncludeLoopback lets loopback addresses be ICE candidates (tests on
+	// 127.0.0.1). Default false.
+	IncludeLoopback bool
+}
+
+// ErrConfig is returned (wrapped) by New for an invalid Config.
+var ErrConfig = errors.New("sfu: invalid config")
+
+func (c *Config) applyDefaults() error {
+	if c.UDPMux == nil {
+		return fmt.Errorf("%w: UDPMux is required", ErrConfig)
+	}
+	if c.NewICECredentials == nil {
+		c.NewICECredentials = RandomICECredentials
+	}
+	if c.NewID == nil {
+		c.NewID = randomID
+	}
+	if c.EmptyTimeout == 0 {
+		c.EmptyTimeout = 30 * time.Second
+	}
+	if c.SweepInterval == 0 {
+		c.SweepInterval = time.Second
+	}
+	if c.MaxBodyBytes == 0 {
+		c.MaxBodyBytes = 64 << 10
+	}
+	if c.MaxParticipants == 0 {
+		c.MaxParticipants = 10000
+	}
+	if c.MaxWatchers == 0 {
+		c.MaxWatchers = 256
+	}
+	if c.QueuePackets == 0 {
+		c.QueuePackets = 512
+	}
+	if c.KeyframeInterval == 0 {
+		c.KeyframeInterval = 500 * time.Millisecond
+	}
+	if c.GatherTimeout == 0 {
+		c.GatherTimeout = 5 * time.Second
+	}
+	if c.ICEDisconnectedTimeout == 0 {
+		c.ICEDisconnectedTimeout = 5 * time.Second
+	}
+	if c.ICEFailedTimeout == 0 {
+		c.ICEFailedTimeout = 25 * time.Second
+	}
+	if c.ICEKeepaliveInterval == 0 {
+		c.ICEKeepaliveInterval = 2 * time.Second
+	}
+	if c.Clock == nil {
+		c.Clock = realClock{}
+	}
+	switch {
+	case c.EmptyTimeout < 0, c.SweepInterval < 0, c.MaxBodyBytes < 0, c.MaxParticipants < 0,
+		c.MaxWatchers < 0, c.QueuePackets < 0, c.KeyframeInterval < 0, c.GatherTimeout < 0,
+		c.ICEDisconnectedTimeout < 0, c.ICEFailedTimeout < 0, c.ICEKeepaliveInterval < 0:
+		return fmt.Errorf("%w: negative value", ErrConfig)
+	}
+	return nil
+}
+
+// iceChars is the ice-char alphabet of RFC 8839 (ALPHA / DIGIT / "+" / "/").
+const iceChars = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+// RandomICECredentials is the default Config.NewICECredentials: a 16-char ufrag
+// (96 random bits) and a 32-char pwd (192 bits) of ice-chars from crypto/rand.
+func RandomICECredentials() (ufrag, pwd string) {
+	return randomICEString(16), randomICEString(32)
+}
+
+func randomICEString(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b) // crypto/rand.Read never fails (Go >= 1.24)
+	for i := range b {
+		b[i] = iceChars[b[i]&63] // 64 symbols: 6 unbiased bits each
+	}
+	return string(b)
+}
+
+func validICECredentials(ufrag, pwd string) bool {
+	ok := func(s string) bool {
+		for i := 0; i < len(s); i++ {
+			c := s[i]
+			if !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '+' || c == '/') {
+				return false
+			}
+		}
+		return true
+	}
+	return len(ufrag) >= 4 && len(ufrag) <= 256 && len(pwd) >= 22 && len(pwd) <= 256 && ok(ufrag) && ok(pwd)
+}
+
+func randomID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}

@@ -1,0 +1,230 @@
+package sfu
+
+import (
+	"encoding/binary"
+	"testing"
+	"time"
+
+	"github.com/pion/rtp"
+	"github.com/pion/webrtc/v4"
+)
+
+func rtpPacket(seq uint16, ts, ssrc uint32, payload []byte) []byte {
+	h := rtp.Header{Version: 2, SequenceNumber: seq, Timestamp: ts, SSRC: ssrc, PayloadType: 96}
+	b, _ := (&rtp.Packet{Header: h, Payload: payload}).Marshal()
+	return b
+}
+
+func TestParseRTP(t *testing.T) {
+	h := rtp.Header{Version: 2, Padding: true, Marker: true, PayloadType: 111, SequenceNumber: 65535, Timestamp: 7, SSRC: 9, CSRC: []uint32{1, 2}}
+	_ = h.SetExtension(1, []byte{1, 2, 3})
+	b, err := (&rtp.Packet{Header: h, Payload: []byte{0xaa, 0xbb}, PaddingSize: 3}).Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, ok := parseRTP(b)
+	if !ok || info.seq != 65535 || info.ts != 7 || info.ssrc != 9 || info.pt != 111 || !info.marker ||
+		string(b[info.payloadOff:info.payloadEnd]) != "\xaa\xbb" {
+		t.Fatalf("parseRTP = %+v %v", info, ok)
+	}
+	for _, bad := range [][]byte{nil, b[:11], {0x80 | 0x0f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, {0x40, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}} {
+		if _, ok := parseRTP(bad); ok {
+			t.Errorf("parseRTP(%x) accepted", bad)
+		}
+	}
+}
+
+func TestKeyframeDetection(t *testing.T) {
+	cases := []struct {
+		name string
+		c    codecKind
+		p    []byte
+		want bool
+	}{
+		{"vp8 key", codecVP8, []byte{0x10, 0x10, 0x02, 0x00}, true},
+		{"vp8 inter", codecVP8, []byte{0x10, 0x11, 0x02, 0x00}, false},
+		{"vp8 not start", codecVP8, []byte{0x00, 0x10}, false},
+		{"vp8 key with picture id 15 bits and tl0", codecVP8, []byte{0x90, 0xc0, 0x81, 0x23, 0x05, 0x10}, true},
+		{"vp8 truncated", codecVP8, []byte{0x90, 0x80}, false},
+		{"vp9 key", codecVP9, []byte{0x08}, true},
+		{"vp9 inter", codecVP9, []byte{0x48}, false},
+		{"vp9 key spatial 1", codecVP9, []byte{0xa8, 0x01, 0x02}, false},
+		{"vp9 key spatial 0 with pid", codecVP9, []byte{0xa8, 0x01, 0x00}, true},
+		{"h264 idr", codecH264, []byte{0x65, 0x88}, true},
+		{"h264 sps", codecH264, []byte{0x67, 0x42}, true},
+		{"h264 p slice", codecH264, []byte{0x41, 0x9a}, false},
+		{"h264 stap-a with sps", codecH264, []byte{0x18, 0x00, 0x02, 0x67, 0x42, 0x00, 0x02, 0x68, 0xce}, true},
+		{"h264 stap-a without", codecH264, []byte{0x18, 0x00, 0x02, 0x41, 0x42}, false},
+		{"h264 fu-a idr start", codecH264, []byte{0x7c, 0x85, 0x00}, true},
+		{"h264 fu-a idr middle", codecH264, []byte{0x7c, 0x05, 0x00}, false},
+		{"av1 new sequence", codecAV1, []byte{0x18, 0x00}, true},
+		{"av1 continuation", codecAV1, []byte{0x98, 0x00}, false},
+		{"av1 plain", codecAV1, []byte{0x10, 0x00}, false},
+		{"empty", codecVP8, nil, false},
+	}
+	for _, c := range cases {
+		if got := isKeyframeStart(c.c, c.p); got != c.want {
+			t.Errorf("%s: %v, want %v", c.name, got, c.want)
+		}
+	}
+}
+
+// fakeWriter records what a downTrack writes.
+type fakeWriter struct {
+	hdrs []rtp.Header
+	n    int
+}
+
+func (f *fakeWriter) WriteRTP(h *rtp.Header, p []byte) (int, error) {
+	if f.hdrs != nil || f.n < 0 {
+		f.hdrs = append(f.hdrs, *h)
+	}
+	f.n++
+	return 12 + len(p), nil
+}
+func (f *fakeWriter) Write(b []byte) (int, error) { return len(b), nil }
+
+// newBareDown builds a pubTrack with layers and one bound downTrack, without
+// PeerConnections, to drive the forwarding path directly.
+func newBareDown(t testing.TB, layers []string, w *fakeWriter) (*pubTrack, *downTrack, *participant) {
+	cfg := Config{UDPMux: nil}
+	cfg.KeyframeInterval = time.Hour
+	cfg.QueuePackets = 64
+	s := &Server{cfg: cfg, epoch: time.Now()}
+	pub := &participant{s: s, id: "pub"}
+	sub := &participant{s: s, id: "sub", queue: newSendQueue(cfg.QueuePackets)}
+	sub.connected.Store(true)
+	tr := newPubTrack(pub, "0", webrtc.RTPCodecTypeVideo, webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeVP8, ClockRate: 90000}, layers)
+	d := newDownTrack(sub, tr, tr.highestLayer())
+	d.bind.Store(&binding{ssrc: 4242, pt: 100, clockRate: 90000, writer: w})
+	tr.addDownLocked(d)
+	return tr, d, sub
+}
+
+// drain writes every queued packet, as the writer goroutine does.
+func drain(sub *participant) {
+	for {
+		select {
+		case qp := <-sub.queue.ready:
+			qp.d.write(qp)
+			qp.d = nil
+			sub.queue.free <- qp
+		default:
+			return
+		}
+	}
+}
+
+// The per-packet path (classify, fan out, queue, rewrite, write) allocates
+// nothing once the queue is warm.
+func TestForwardAllocs(t *testing.T) {
+	w := &fakeWriter{}
+	tr, _, sub := newBareDown(t, nil, w)
+	key := rtpPacket(1000, 0, 77, []byte{0x10, 0x10, 0x02, 0x00, 1, 2, 3})
+	inter := rtpPacket(1001, 3000, 77, []byte{0x10, 0x11, 0x02, 0x00, 1, 2, 3})
+	tr.forward(tr.layers[0], key, 1)
+	drain(sub)
+	seq := uint16(1001)
+	allocs := testing.AllocsPerRun(1000, func() {
+		binary.BigEndian.PutUint16(inter[2:], seq)
+		seq++
+		tr.forward(tr.layers[0], inter, 2)
+		drain(sub)
+	})
+	if allocs != 0 {
+		t.Fatalf("%v allocations per forwarded packet, want 0", allocs)
+	}
+	if w.n != 1002 {
+		t.Fatalf("wrote %d packets, want 1002", w.n)
+	}
+}
+
+// Sequence numbers and timestamps continue across a layer switch and a
+// publisher SSRC change; packets older than a switch are not sent.
+func TestRewriteAcrossSwitches(t *testing.T) {
+	w := &fakeWriter{hdrs: []rtp.Header{}}
+	tr, d, sub := newBareDown(t, []string{"q", "h", "f"}, w)
+	if d.target.Load() != 2 {
+		t.Fatalf("default layer %d, want 2 (f)", d.target.Load())
+	}
+	kf := []byte{0x10, 0x10, 0x02, 0x00, 9}
+	nk := []byte{0x10, 0x11, 0x02, 0x00, 9}
+	send := func(layer int, seq uint16, ts, ssrc uint32, p []byte, at int64) {
+		tr.forward(tr.layers[layer], rtpPacket(seq, ts, ssrc, p), at)
+		drain(sub)
+	}
+	send(2, 500, 9000, 3, nk, 0)  // not a keyframe: waits
+	send(2, 501, 12000, 3, kf, 1) // starts
+	send(2, 502, 15000, 3, nk, 2)
+	send(0, 100, 1000, 1, kf, 3) // layer q not wanted yet: filtered
+	d.target.Store(0)
+	send(0, 101, 4000, 1, nk, int64(10*time.Millisecond)) // not a keyframe: stays on f
+	send(2, 503, 18000, 3, nk, int64(11*time.Millisecond))
+	send(0, 102, 7000, 1, kf, int64(44*time.Millisecond)) // switch: 33 ms after the last f packet
+	send(0, 103, 10000, 1, nk, int64(45*time.Millisecond))
+	send(0, 101, 4000, 1, nk, int64(46*time.Millisecond))  // late, older than the switch: dropped
+	send(0, 104, 13000, 9, kf, int64(60*time.Millisecond)) // publisher restarted the layer with a new SSRC
+	var seqs []uint16
+	var tss []uint32
+	for _, h := range w.hdrs {
+		if h.SSRC != 4242 || h.PayloadType != 100 {
+			t.Fatalf("header %+v: want SSRC 4242 and PT 100", h)
+		}
+		seqs = append(seqs, h.SequenceNumber)
+		tss = append(tss, h.Timestamp)
+	}
+	wantSeq := []uint16{501, 502, 503, 504, 505, 506}
+	if len(seqs) != len(wantSeq) {
+		t.Fatalf("sent seqs %v, want %v", seqs, wantSeq)
+	}
+	for i := range wantSeq {
+		if seqs[i] != wantSeq[i] {
+			t.Fatalf("sent seqs %v, want %v", seqs, wantSeq)
+		}
+	}
+	// f: 12000, 15000, 18000; switch 33 ms later at 90 kHz = +2970; then q's own spacing.
+	wantTS := []uint32{12000, 15000, 18000, 20970, 23970, 23970 + 1350}
+	for i := range wantTS {
+		if tss[i] != wantTS[i] {
+			t.Fatalf("sent timestamps %v, want %v", tss, wantTS)
+		}
+	}
+}
+
+func BenchmarkForward(b *testing.B) {
+	w := &fakeWriter{}
+	tr, _, sub := newBareDown(b, nil, w)
+	pkt := rtpPacket(0, 0, 77, append([]byte{0x10, 0x10, 0x02, 0x00}, make([]byte, 1100)...))
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		binary.BigEndian.PutUint16(pkt[2:], uint16(i))
+		tr.forward(tr.layers[0], pkt, int64(i))
+		drain(sub)
+	}
+}
+
+// A subscriber with no explicit layer follows the best flowing layer when the
+// highest stops, and returns when it resumes; an explicit choice is kept.
+func TestAutoLayerFollowsFlow(t *testing.T) {
+	tr, d, _ := newBareDown(t, []string{"q", "h", "f"}, &fakeWriter{})
+	set := func(q, h, f uint64) {
+		for i, r := range []uint64{q, h, f} {
+			tr.layers[i].bitrate.Store(r)
+		}
+		tr.followFlowingLayerLocked()
+	}
+	set(100e3, 500e3, 0) // f stopped
+	if got := d.target.Load(); got != 1 {
+		t.Fatalf("target %d with f stopped, want 1 (h)", got)
+	}
+	set(100e3, 500e3, 2e6)
+	if got := d.target.Load(); got != 2 {
+		t.Fatalf("target %d with f back, want 2", got)
+	}
+	d.auto.Store(false)
+	d.target.Store(0)
+	set(100e3, 500e3, 0)
+	if got := d.target.Load(); got != 0 {
+		t.Fatalf("explicit target moved to %d", got)
+	}
+}

@@ -1,0 +1,437 @@
+package sfu
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// Signaling and API routes (all with CORS; OPTIONS answers preflights):
+//
+//	POST   /whip/{room}                  application/sdp offer -> 201, answer, Location /whip/{room}/{id}, ETag
+//	PATCH  /whip/{room}/{id}             application/trickle-ice-sdpfrag: candidates (204) or ICE restart (200 + fragment)
+//	DELETE /whip/{room}/{id}             end the publisher
+//	POST   /whep/{room}[?publisher=id]   subscribe to the room's tracks (or one publisher's); same resource semantics
+//	PATCH, DELETE /whep/{room}/{id}
+//	GET    /rooms/{room}/events          server-sent events: participant-joined, participant-left,
+//	                                     track-published, track-unpublished (current state first)
+//	GET    /api/rooms                    JSON []RoomSummary
+//	GET    /api/rooms/{room}             JSON RoomInfo
+//	POST   /api/rooms/{room}/subscribers/{id}/layer
+//	                                     JSON {"rid":"q","track":"<track id, optional>"}: the simulcast layer a
+//	                                     subscriber receives; switches on the layer's next keyframe
+//
+// GET / is left to the demo page (see extraRoutes).
+
+// extraRoutes are added to every Server's handler; the demo page (web.go)
+// registers "GET /" here from an init function.
+var extraRoutes []func(*http.ServeMux)
+
+const (
+	mimeSDP     = "application/sdp"
+	mimeTrickle = "application/trickle-ice-sdpfrag"
+	mimeJSON    = "application/json"
+)
+
+func (s *Server) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /whip/{room}", s.handleOffer(rolePublisher))
+	mux.HandleFunc("POST /whep/{room}", s.handleOffer(roleSubscriber))
+	for _, kind := range []struct {
+		prefix string
+		role   participantRole
+	}{{"/whip/", rolePublisher}, {"/whep/", roleSubscriber}} {
+		mux.HandleFunc("PATCH "+kind.prefix+"{room}/{id}", s.handlePatch(kind.role))
+		mux.HandleFunc("DELETE "+kind.prefix+"{room}/{id}", s.handleDelete(kind.role))
+		mux.HandleFunc("OPTIONS "+kind.prefix+"{room}", preflight("POST, OPTIONS", "Accept-Post", mimeSDP))
+		mux.HandleFunc("OPTIONS "+kind.prefix+"{room}/{id}", preflight("PATCH, DELETE, OPTIONS", "Accept-Patch", mimeTrickle))
+	}
+	mux.HandleFunc("GET /rooms/{room}/events", s.handleEvents)
+	mux.HandleFunc("OPTIONS /rooms/{room}/events", preflight("GET, OPTIONS", "", ""))
+	mux.HandleFunc("GET /api/rooms", s.handleRooms)
+	mux.HandleFunc("OPTIONS /api/rooms", preflight("GET, OPTIONS", "", ""))
+	mux.HandleFunc("GET /api/rooms/{room}", s.handleRoom)
+	mux.HandleFunc("OPTIONS /api/rooms/{room}", preflight("GET, OPTIONS", "", ""))
+	mux.HandleFunc("POST /api/rooms/{room}/subscribers/{id}/layer", s.handleLayer)
+	mux.HandleFunc("OPTIONS /api/rooms/{room}/subscribers/{id}/layer", preflight("POST, OPTIONS", "Accept-Post", mimeJSON))
+	for _, add := range extraRoutes {
+		add(mux)
+	}
+	return cors(mux)
+}
+
+// cors lets browser clients on other origins use every endpoint. Bearer
+// tokens, not cookies, authenticate, so any origin may be allowed.
+func cors(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Access-Control-Allow-Origin", "*")
+		w.Header().Set("Access-Control-Expose-Headers", "Location, ETag, Link, Accept-Patch, Accept-Post, Content-Type")
+		h.ServeHTTP(w, r)
+	})
+}
+
+func preflight(methods, acceptHeader, accept string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("Access-Control-Allow-Methods", methods)
+		h.Set("Access-Control-Allow-Headers", "Authorization, Content-Type, If-Match")
+		h.Set("Access-Control-Max-Age", "86400")
+		h.Set("Allow", methods)
+		if acceptHeader != "" {
+			h.Set(acceptHeader, accept)
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}
+}
+
+func httpError(w http.ResponseWriter, err error) {
+	code := errorStatus(err)
+	if code == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="oneport"`)
+	}
+	http.Error(w, err.Error(), code)
+}
+
+var errUnsupportedMedia = errors.New("sfu: unsupported content type")
+
+// checkRequest authorizes and checks the content type; it writes the error.
+func (s *Server) checkRequest(w http.ResponseWriter, r *http.Request, contentType string) bool {
+	if !s.authorized(r) {
+		httpError(w, fmt.Errorf("%w: bearer token required", ErrUnauthorized))
+		return false
+	}
+	if contentType != "" {
+		mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+		if err != nil || !strings.EqualFold(mt, contentType) {
+			http.Error(w, fmt.Sprintf("%v: %q, want %s", errUnsupportedMedia, r.Header.Get("Content-Type"), contentType),
+				http.StatusUnsupportedMediaType)
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Server) authorized(r *http.Request) bool {
+	if s.cfg.Token == "" {
+		return true
+	}
+	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	return ok && subtle.ConstantTimeCompare([]byte(tok), []byte(s.cfg.Token)) == 1
+}
+
+// bodyTimeout bounds reading a signaling request's body.
+const bodyTimeout = 10 * time.Second
+
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	// Not every ResponseWriter supports deadlines (httptest recorders); then
+	// the server's own timeouts apply.
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(bodyTimeout))
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, fmt.Errorf("sfu: body over %d bytes: %w", s.cfg.MaxBodyBytes, err)
+		}
+		return nil, fmt.Errorf("%w: reading body: %w", ErrBadRequest, err)
+	}
+	return b, nil
+}
+
+// validRoomName accepts 1-64 characters of A-Za-z0-9 and "-_.~".
+func validRoomName(n string) bool {
+	if n == "" || len(n) > 64 {
+		return false
+	}
+	for i := 0; i < len(n); i++ {
+		c := n[i]
+		if !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.' || c == '~') {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Server) roomParam(w http.ResponseWriter, r *http.Request) (string, bool) {
+	name := r.PathValue("room")
+	if !validRoomName(name) {
+		http.Error(w, fmt.Sprintf("%v: room name must be 1-64 of A-Za-z0-9-_.~", ErrBadRequest), http.StatusBadRequest)
+		return "", false
+	}
+	return name, true
+}
+
+func (s *Server) handleOffer(role participantRole) http.HandlerFunc {
+	prefix := "/whip/"
+	if role == roleSubscriber {
+		prefix = "/whep/"
+	}
+	return func(w http.ResponseWriter, r *http.Request) {
+		name, ok := s.roomParam(w, r)
+		if !ok || !s.checkRequest(w, r, mimeSDP) {
+			return
+		}
+		body, err := s.readBody(w, r)
+		if err != nil {
+			httpError(w, err)
+			return
+		}
+		var p *participant
+		var answer string
+		if role == rolePublisher {
+			p, answer, err = s.publish(name, string(body))
+		} else {
+			p, answer, err = s.subscribe(name, string(body), r.URL.Query().Get("publisher"))
+		}
+		if err != nil {
+			httpError(w, err)
+			return
+		}
+		h := w.Header()
+		h.Set("Content-Type", mimeSDP)
+		h.Set("Location", prefix+url.PathEscape(name)+"/"+p.id)
+		h.Set("ETag", p.currentETag())
+		h.Set("Accept-Patch", mimeTrickle)
+		w.WriteHeader(http.StatusCreated)
+		_, _ = io.WriteString(w, answer)
+	}
+}
+
+func (s *Server) handlePatch(role participantRole) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		name, ok := s.roomParam(w, r)
+		if !ok || !s.checkRequest(w, r, "") {
+			return
+		}
+		p, err := s.resource(name, r.PathValue("id"), role)
+		if err != nil {
+			httpError(w, err)
+			return
+		}
+		if !s.checkRequest(w, r, mimeTrickle) {
+			return
+		}
+		body, err := s.readBody(w, r)
+		if err != nil {
+			httpError(w, err)
+			return
+		}
+		frag, err := parseTrickleFragment(string(body))
+		if err != nil {
+			httpError(w, err)
+			return
+		}
+		answer, etag, err := p.patch(frag, r.Header.Get("If-Match"))
+		if err != nil {
+			httpError(w, err)
+			return
+		}
+		w.Header().Set("ETag", etag)
+		if answer == "" {
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		w.Header().Set("Content-Type", mimeTrickle)
+		w.WriteHeader(http.StatusOK)
+		_, _ = io.WriteString(w, answer)
+	}
+}
+
+func (s *Server) handleDelete(role participantRole) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		name, ok := s.roomParam(w, r)
+		if !ok || !s.checkRequest(w, r, "") {
+			return
+		}
+		p, err := s.resource(name, r.PathValue("id"), role)
+		if err != nil {
+			httpError(w, err)
+			return
+		}
+		s.remove(p, "deleted")
+		w.WriteHeader(http.StatusOK)
+	}
+}
+
+// eventsKeepalive is how often an idle event stream gets a comment line, so
+// proxies keep it open.
+const eventsKeepalive = 15 * time.Second
+
+func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
+	name, ok := s.roomParam(w, r)
+	if !ok {
+		return
+	}
+	flusher, ok := w.(http.Flusher)
+	if !ok {
+		http.Error(w, "sfu: streaming unsupported", http.StatusInternalServerError)
+		return
+	}
+	// Owned by the HTTP server, but counted so Close waits for it to end.
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		httpError(w, ErrClosed)
+		return
+	}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer s.wg.Done()
+
+	rm, wt, initial, err := s.watchRoom(name)
+	if err != nil {
+		httpError(w, err)
+		return
+	}
+	defer rm.unwatch(wt)
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	for _, m := range initial {
+		if _, err := w.Write(m); err != nil {
+			return
+		}
+	}
+	flusher.Flush()
+	keep := time.NewTicker(eventsKeepalive)
+	defer keep.Stop()
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-s.ctx.Done():
+			return
+		case <-keep.C:
+			if _, err := io.WriteString(w, ": keepalive\n\n"); err != nil {
+				return
+			}
+			flusher.Flush()
+		case m, ok := <-wt.ch:
+			if !ok {
+				return // fell behind: the client reconnects and gets the state again
+			}
+			if _, err := w.Write(m); err != nil {
+				return
+			}
+			flusher.Flush()
+		}
+	}
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", mimeJSON)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func (s *Server) handleRooms(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, s.RoomSummaries())
+}
+
+func (s *Server) handleRoom(w http.ResponseWriter, r *http.Request) {
+	name, ok := s.roomParam(w, r)
+	if !ok {
+		return
+	}
+	info, err := s.RoomInfo(name)
+	if err != nil {
+		httpError(w, err)
+		return
+	}
+	writeJSON(w, info)
+}
+
+// layerRequest is the body of the layer-selection API.
+type layerRequest struct {
+	RID   string `json:"rid"`
+	Track string `json:"track,omitempty"`
+}
+
+// parseLayerRequest decodes and validates a layer-selection body.
+func parseLayerRequest(b []byte) (layerRequest, error) {
+	var req layerRequest
+	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return req, fmt.Errorf("%w: layer request: %w", ErrBadRequest, err)
+	}
+	if dec.More() {
+		return req, fmt.Errorf("%w: layer request: trailing data", ErrBadRequest)
+	}
+	if req.RID == "" || len(req.RID) > 32 || len(req.Track) > 256 {
+		return req, fmt.Errorf("%w: layer request: rid must be 1-32 characters", ErrBadRequest)
+	}
+	return req, nil
+}
+
+func (s *Server) handleLayer(w http.ResponseWriter, r *http.Request) {
+	name, ok := s.roomParam(w, r)
+	if !ok || !s.checkRequest(w, r, "") {
+		return
+	}
+	p, err := s.resource(name, r.PathValue("id"), roleSubscriber)
+	if err != nil {
+		httpError(w, err)
+		return
+	}
+	if !s.checkRequest(w, r, mimeJSON) {
+		return
+	}
+	body, err := s.readBody(w, r)
+	if err != nil {
+		httpError(w, err)
+		return
+	}
+	req, err := parseLayerRequest(body)
+	if err != nil {
+		httpError(w, err)
+		return
+	}
+	changed, err := p.selectLayer(req)
+	if err != nil {
+		httpError(w, err)
+		return
+	}
+	writeJSON(w, changed)
+}
+
+// LayerSelection reports a subscription's chosen layer.
+type LayerSelection struct {
+	Track string `json:"track"`
+	RID   string `json:"rid"`
+}
+
+// selectLayer sets the target layer of the subscriber's simulcast tracks (or
+// one of them) that have req.RID; the switch happens on its next keyframe.
+func (p *participant) selectLayer(req layerRequest) ([]LayerSelection, error) {
+	var out []LayerSelection
+	matched := false
+	for _, d := range p.downList() {
+		if req.Track != "" && d.src.id != req.Track {
+			continue
+		}
+		matched = true
+		l := d.src.layerByRID(req.RID)
+		if l == nil || len(d.src.layers) < 2 {
+			continue
+		}
+		d.auto.Store(false)
+		d.target.Store(l.idx)
+		d.src.requestKeyframe(l.idx)
+		out = append(out, LayerSelection{Track: d.src.id, RID: l.rid})
+	}
+	if req.Track != "" && !matched {
+		return nil, fmt.Errorf("%w: track %q in this subscription", ErrNotFound, req.Track)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%w: no simulcast track of this subscription has rid %q", ErrBadRequest, req.RID)
+	}
+	return out, nil
+}

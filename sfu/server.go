@@ -1,0 +1,309 @@
+package sfu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// Server is an SFU node: rooms, their participants, the signaling handler.
+type Server struct {
+	cfg     Config
+	log     zerolog.Logger
+	epoch   time.Time
+	ctx     context.Context
+	cancel  context.CancelFunc
+	handler http.Handler
+	stats   counters
+
+	wg sync.WaitGroup // sweeper, detached removals, event streams
+
+	mu        sync.Mutex // guards the fields below
+	closed    bool
+	rooms     map[string]*room
+	resources map[string]*participant // by participant (resource) id
+
+	closeOnce sync.Once
+}
+
+// counters are the server-wide atomic counters behind Stats.
+type counters struct {
+	forwardedPackets  atomic.Uint64
+	forwardedBytes    atomic.Uint64
+	drops             atomic.Uint64
+	writeErrors       atomic.Uint64
+	badPackets        atomic.Uint64
+	keyframeRequests  atomic.Uint64
+	keyframeCoalesced atomic.Uint64
+	subscriberPLIs    atomic.Uint64
+	watcherDrops      atomic.Uint64
+}
+
+// Stats is a snapshot of the server for metrics.
+type Stats struct {
+	Rooms        int `json:"rooms"`
+	Participants int `json:"participants"`
+	Publishers   int `json:"publishers"`
+	Subscribers  int `json:"subscribers"`
+	Tracks       int `json:"tracks"`
+
+	ForwardedPackets  uint64 `json:"forwarded_packets"`  // RTP packets written to subscribers
+	ForwardedBytes    uint64 `json:"forwarded_bytes"`    // their bytes (RTP, before SRTP)
+	SubscriberDrops   uint64 `json:"subscriber_drops"`   // packets dropped because a subscriber's queue was full
+	WriteErrors       uint64 `json:"write_errors"`       // writes pion refused (closing or not yet connected)
+	BadPackets        uint64 `json:"bad_packets"`        // unparsable RTP from publishers
+	KeyframeRequests  uint64 `json:"keyframe_requests"`  // PLIs sent to publishers
+	KeyframeCoalesced uint64 `json:"keyframe_coalesced"` // keyframe requests folded into a recent one
+	SubscriberPLIs    uint64 `json:"subscriber_plis"`    // PLI/FIR received from subscribers
+	WatcherDrops      uint64 `json:"watcher_drops"`      // event streams cut because they could not keep up
+}
+
+// New returns a running Server. The caller serves Handler and calls Close.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.applyDefaults(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{
+		cfg:       cfg,
+		log:       cfg.Logger.With().Str("component", "sfu").Logger(),
+		epoch:     time.Now(),
+		ctx:       ctx,
+		cancel:    cancel,
+		rooms:     make(map[string]*room),
+		resources: make(map[string]*participant),
+	}
+	s.handler = s.routes()
+	s.wg.Add(1)
+	go s.sweepLoop()
+	return s, nil
+}
+
+// Handler serves the signaling and API endpoints (see routes).
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// mono is the monotonic time in ns since the server started (media timing).
+func (s *Server) mono() int64 { return int64(time.Since(s.epoch)) }
+
+// Close ends every session, waits for every goroutine the server started, and
+// is idempotent. It does not close the UDPMux.
+func (s *Server) Close() error {
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		s.closed = true
+		ps := make([]*participant, 0, len(s.resources))
+		for _, p := range s.resources {
+			ps = append(ps, p)
+		}
+		s.mu.Unlock()
+		s.cancel()
+		var wg sync.WaitGroup
+		for _, p := range ps {
+			wg.Add(1)
+			go func() { // bounded by the participant table size
+				defer wg.Done()
+				s.remove(p, "server closed")
+			}()
+		}
+		wg.Wait()
+		s.wg.Wait()
+	})
+	return nil
+}
+
+// goTracked runs f on a goroutine owned by s.wg, unless the server is closed.
+func (s *Server) goTracked(f func()) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		f()
+	}()
+	return true
+}
+
+// Stats returns current counts and counters.
+func (s *Server) Stats() Stats {
+	st := Stats{
+		ForwardedPackets:  s.stats.forwardedPackets.Load(),
+		ForwardedBytes:    s.stats.forwardedBytes.Load(),
+		SubscriberDrops:   s.stats.drops.Load(),
+		WriteErrors:       s.stats.writeErrors.Load(),
+		BadPackets:        s.stats.badPackets.Load(),
+		KeyframeRequests:  s.stats.keyframeRequests.Load(),
+		KeyframeCoalesced: s.stats.keyframeCoalesced.Load(),
+		SubscriberPLIs:    s.stats.subscriberPLIs.Load(),
+		WatcherDrops:      s.stats.watcherDrops.Load(),
+	}
+	s.mu.Lock()
+	rooms := make([]*room, 0, len(s.rooms))
+	for _, r := range s.rooms {
+		rooms = append(rooms, r)
+	}
+	s.mu.Unlock()
+	st.Rooms = len(rooms)
+	for _, r := range rooms {
+		r.mu.Lock()
+		for _, p := range r.participants {
+			st.Participants++
+			if p.role == rolePublisher {
+				st.Publishers++
+			} else {
+				st.Subscribers++
+			}
+		}
+		st.Tracks += len(r.tracks)
+		r.mu.Unlock()
+	}
+	return st
+}
+
+// enterRoom returns the room named name, creating it, with a pending join
+// counted so that it cannot end before the join completes or is abandoned.
+func (s *Server) enterRoom(name string) (*room, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, ErrClosed
+	}
+	if len(s.resources) >= s.cfg.MaxParticipants {
+		return nil, fmt.Errorf("%w: %d participants", ErrFull, len(s.resources))
+	}
+	r := s.rooms[name]
+	if r == nil {
+		r = newRoom(s, name)
+		s.rooms[name] = r
+		s.log.Info().Str("room", name).Msg("room created")
+	}
+	r.mu.Lock()
+	r.pending++
+	r.mu.Unlock()
+	return r, nil
+}
+
+// watchRoom registers an events stream on the room named name, creating it.
+func (s *Server) watchRoom(name string) (*room, *watcher, [][]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, nil, nil, ErrClosed
+	}
+	r := s.rooms[name]
+	if r == nil {
+		r = newRoom(s, name)
+		s.rooms[name] = r
+	}
+	w, initial, err := r.watch()
+	return r, w, initial, err
+}
+
+// lookupRoom returns an existing room or nil.
+func (s *Server) lookupRoom(name string) *room {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.rooms[name]
+}
+
+// resource returns the participant with id in room, of the given role.
+func (s *Server) resource(roomName, id string, role participantRole) (*participant, error) {
+	s.mu.Lock()
+	p := s.resources[id]
+	s.mu.Unlock()
+	if p == nil || p.room.name != roomName || p.role != role {
+		return nil, fmt.Errorf("%w: resource %q", ErrNotFound, id)
+	}
+	return p, nil
+}
+
+// sweepLoop ends rooms empty for EmptyTimeout and measures layer bitrates.
+func (s *Server) sweepLoop() {
+	defer s.wg.Done()
+	t := time.NewTicker(s.cfg.SweepInterval)
+	defer t.Stop()
+	last := time.Now()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case now := <-t.C:
+			s.measure(now.Sub(last))
+			last = now
+			s.sweep(s.cfg.Clock.Now())
+		}
+	}
+}
+
+// sweep removes rooms that have been empty (no participant, no watcher, no
+// join in progress) for EmptyTimeout at time now. Nothing else ends a room.
+func (s *Server) sweep(now time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for name, r := range s.rooms {
+		r.mu.Lock()
+		if r.emptyLocked() && !r.emptySince.IsZero() && now.Sub(r.emptySince) >= s.cfg.EmptyTimeout {
+			r.ended = true
+			delete(s.rooms, name)
+			s.log.Info().Str("room", name).Msg("room ended: empty")
+		}
+		r.mu.Unlock()
+	}
+}
+
+// measure updates every layer's bitrate from its byte counter.
+func (s *Server) measure(elapsed time.Duration) {
+	if elapsed <= 0 {
+		return
+	}
+	s.mu.Lock()
+	rooms := make([]*room, 0, len(s.rooms))
+	for _, r := range s.rooms {
+		rooms = append(rooms, r)
+	}
+	s.mu.Unlock()
+	for _, r := range rooms {
+		r.mu.Lock()
+		for _, t := range r.tracks {
+			for _, l := range t.layers {
+				b := l.bytes.Load()
+				l.bitrate.Store(uint64(float64(b-l.lastBytes) * 8 / elapsed.Seconds()))
+				l.lastBytes = b
+			}
+			t.followFlowingLayerLocked()
+		}
+		r.mu.Unlock()
+	}
+}
+
+// errorStatus maps an error to its HTTP status.
+func errorStatus(err error) int {
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &mbe):
+		return http.StatusRequestEntityTooLarge
+	case errors.Is(err, ErrMalformedSDP), errors.Is(err, ErrBadFragment), errors.Is(err, ErrBadRequest):
+		return http.StatusBadRequest
+	case errors.Is(err, ErrNoCommonCodec):
+		return http.StatusNotAcceptable
+	case errors.Is(err, ErrNotFound):
+		return http.StatusNotFound
+	case errors.Is(err, ErrPrecondition):
+		return http.StatusPreconditionFailed
+	case errors.Is(err, ErrUnauthorized):
+		return http.StatusUnauthorized
+	case errors.Is(err, ErrClosed), errors.Is(err, ErrFull):
+		return http.StatusServiceUnavailable
+	case errors.Is(err, ErrNegotiation):
+		return http.StatusBadRequest
+	}
+	return http.StatusInternalServerError
+}
