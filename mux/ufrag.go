@@ -43,10 +43,8 @@ func NewUfrag(prefix string) (string, error) {
 	if len(prefix)+UfragRandomChars > MaxUfragLen {
 		return "", fmt.Errorf("mux: ufrag prefix %q too long", prefix)
 	}
-	for i := 0; i < len(prefix); i++ {
-		if !isIceChar(prefix[i]) {
-			return "", fmt.Errorf("mux: ufrag prefix %q has a character outside ice-chars", prefix)
-		}
+	if !IsIceChars(prefix) {
+		return "", fmt.Errorf("mux: ufrag prefix %q has a character outside ice-chars", prefix)
 	}
 	return prefix + randomIceChars(UfragRandomChars), nil
 }
@@ -63,6 +61,16 @@ func randomIceChars(n int) string {
 		b[i] = iceChars[b[i]&63]
 	}
 	return string(b)
+}
+
+// IsIceChars reports whether s is made only of RFC 8839 ice-chars.
+func IsIceChars(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if !isIceChar(s[i]) {
+			return false
+		}
+	}
+	return true
 }
 
 func isIceChar(c byte) bool {

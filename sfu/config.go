@@ -9,6 +9,8 @@ import (
 
 	"github.com/pion/ice/v4"
 	"github.com/rs/zerolog"
+
+	"github.com/oneport/oneport/mux"
 )
 
 // Clock is the time source for room life (empty timeout) and timestamps shown
@@ -155,35 +157,16 @@ func (c *Config) applyDefaults() error {
 	return nil
 }
 
-// iceChars is the ice-char alphabet of RFC 8839 (ALPHA / DIGIT / "+" / "/").
-const iceChars = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-
 // RandomICECredentials is the default Config.NewICECredentials: a 16-char ufrag
 // (96 random bits) and a 32-char pwd (192 bits) of ice-chars from crypto/rand.
 func RandomICECredentials() (ufrag, pwd string) {
-	return randomICEString(16), randomICEString(32)
-}
-
-func randomICEString(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b) // crypto/rand.Read never fails (Go >= 1.24)
-	for i := range b {
-		b[i] = iceChars[b[i]&63] // 64 symbols: 6 unbiased bits each
-	}
-	return string(b)
+	ufrag, _ = mux.NewUfrag("") // an empty prefix always fits
+	return ufrag, mux.NewPassword()
 }
 
 func validICECredentials(ufrag, pwd string) bool {
-	ok := func(s string) bool {
-		for i := 0; i < len(s); i++ {
-			c := s[i]
-			if !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '+' || c == '/') {
-				return false
-			}
-		}
-		return true
-	}
-	return len(ufrag) >= 4 && len(ufrag) <= 256 && len(pwd) >= 22 && len(pwd) <= 256 && ok(ufrag) && ok(pwd)
+	return len(ufrag) >= 4 && len(ufrag) <= 256 && len(pwd) >= 22 && len(pwd) <= 256 &&
+		mux.IsIceChars(ufrag) && mux.IsIceChars(pwd)
 }
 
 func randomID() string {

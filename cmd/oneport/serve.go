@@ -4,14 +4,18 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/oneport/oneport/mux"
+	"github.com/oneport/oneport/sfu"
+	"github.com/oneport/oneport/sfu/web"
 )
 
 func serveCommand() *cli.Command {
@@ -31,6 +35,14 @@ func serveCommand() *cli.Command {
 				Usage: "the most WebRTC sessions this node holds (default 100000)"},
 			&cli.IntFlag{Name: "queue-len", EnvVars: env("queue-len"),
 				Usage: "each session's receive queue in packets (default 512)"},
+			&cli.StringFlag{Name: "http", Value: ":8080", EnvVars: env("http"),
+				Usage: "WHIP, WHEP, events, JSON API, health, metrics and the demo page"},
+			&cli.DurationFlag{Name: "empty-timeout", EnvVars: env("empty-timeout"),
+				Usage: "how long an empty room lives (default 30s); rooms are never cleaned up by age"},
+			&cli.StringFlag{Name: "token", EnvVars: env("token"),
+				Usage: "bearer token required to publish and subscribe (default: none, open)"},
+			&cli.IntFlag{Name: "max-participants", EnvVars: env("max-participants"),
+				Usage: "publishers and subscribers this node accepts (default 10000)"},
 		},
 		Action: serve,
 	}
@@ -81,12 +93,66 @@ func serve(c *cli.Context) error {
 		return err
 	}
 	defer m.Close()
+
+	srv, err := sfu.New(sfu.Config{
+		UDPMux:          m,
+		EmptyTimeout:    c.Duration("empty-timeout"),
+		Token:           c.String("token"),
+		MaxParticipants: c.Int("max-participants"),
+		Logger:          log,
+		IncludeLoopback: isLoopback(m.LocalAddr()),
+	})
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+
+	httpLn, err := net.Listen("tcp", c.String("http"))
+	if err != nil {
+		return fmt.Errorf("--http: %w", err)
+	}
+	hs := sfu.NewHTTPServer(c.String("http"), routes(srv))
+	httpDone := make(chan error, 1)
+	go func() { httpDone <- hs.Serve(httpLn) }()
+
+	var adv []string
+	for _, a := range m.GetListenAddresses() {
+		adv = append(adv, a.String())
+	}
 	log.Info().Str("version", buildVersion()).Stringer("udp", m.LocalAddr()).
-		Interface("advertise", m.GetListenAddresses()).Msg("oneport serving")
+		Stringer("http", httpLn.Addr()).Strs("advertise", adv).Msg("oneport serving")
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	<-ctx.Done()
-	log.Info().Msg("signal received, shutting down")
+	select {
+	case <-ctx.Done():
+		log.Info().Msg("signal received, shutting down")
+	case err := <-httpDone:
+		return fmt.Errorf("http server: %w", err)
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	// Event streams never end by themselves: Shutdown's deadline closes them.
+	if err := hs.Shutdown(shutdownCtx); err != nil {
+		hs.Close()
+	}
 	return nil
+}
+
+// routes mounts the signaling API and the demo page on one handler.
+func routes(srv *sfu.Server) http.Handler {
+	h := http.NewServeMux()
+	api := srv.Handler()
+	for _, p := range []string{"/whip/", "/whep/", "/rooms/", "/api/"} {
+		h.Handle(p, api)
+	}
+	h.Handle("/", web.Handler())
+	return h
+}
+
+// isLoopback reports whether the media port is bound to a loopback address,
+// where loopback candidates are the only ones that work.
+func isLoopback(a net.Addr) bool {
+	ua, ok := a.(*net.UDPAddr)
+	return ok && ua.IP.IsLoopback()
 }
