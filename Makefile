@@ -30,14 +30,19 @@ bench: build
 	$(GO) test -run '^$$' -bench . -benchmem ./mux/
 	./$(BIN) bench mux
 
-# Every fuzz target for FUZZTIME each; new interesting inputs land in the
-# package's testdata/fuzz corpus.
+# Every fuzz target for FUZZTIME each. The inputs the fuzzer found
+# interesting are copied from the Go cache into the package's testdata/fuzz
+# corpus, so they run as regression seeds in `make test`; commit them.
 fuzz:
-	@set -e; for f in $$(grep -rl --include='*_test.go' '^func Fuzz' .); do \
-		pkg=./$$(dirname $$f); \
+	@set -e; cache=$$($(GO) env GOCACHE)/fuzz; \
+	for f in $$(grep -rl --include='*_test.go' '^func Fuzz' .); do \
+		dir=$$(dirname $$f); pkg=$$($(GO) list ./$$dir); \
 		for t in $$(grep -o '^func Fuzz[A-Za-z0-9_]*' $$f | cut -d' ' -f2); do \
 			echo "== $$pkg $$t"; \
-			$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg; \
+			$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./$$dir; \
+			if [ -d "$$cache/$$pkg/$$t" ]; then \
+				mkdir -p $$dir/testdata/fuzz/$$t; cp -n $$cache/$$pkg/$$t/* $$dir/testdata/fuzz/$$t/; \
+			fi; \
 		done; \
 	done
 

@@ -200,3 +200,62 @@ func BenchmarkBindOnWrite(b *testing.B) {
 		f.m.bindOnWrite(f.sess[7], f.addrs[7])
 	}
 }
+
+// FuzzDemux feeds arbitrary datagrams from arbitrary addresses to a mux
+// with live sessions and checks the accounting: every datagram is counted
+// once, and is either queued for a session or dropped with a reason; none
+// binds an address.
+func FuzzDemux(f *testing.F) {
+	f.Add([]byte{0x80, 0x60, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1}, uint16(0), false)
+	f.Add(rfc5769Request, uint16(7), false)
+	f.Add(bindingRequest(f, "nosuch:x"), uint16(9), true)
+	f.Add(bindingRequest(f, ""), uint16(3), false)
+	f.Add([]byte{22, 0xfe, 0xfd, 0, 0}, uint16(1), true)
+	f.Add([]byte{}, uint16(2), false)
+	fx := newDemuxFixture(f, 16)
+	// Session 0's ufrag is "evtj" so RFC 5769's request reaches it.
+	key, _ := makeUfragKey("evtj")
+	s := newSession(fx.m, key, false, nil)
+	fx.m.ufrags[key] = &ufragEntry{v4: s}
+	f.Fuzz(func(t *testing.T, pkt []byte, who uint16, bound bool) {
+		from := netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(who)}), who)
+		if bound {
+			from = fx.addrs[int(who)%len(fx.addrs)]
+		}
+		if len(pkt) > fx.m.cfg.MaxPacketSize {
+			pkt = pkt[:fx.m.cfg.MaxPacketSize]
+		}
+		flows := fx.m.flows.len()
+		buf := fx.m.getBuf()
+		n := copy(buf.b, pkt)
+		var before localCounts = fx.rs.local
+		kept := fx.m.demux(&fx.rs, nil, buf, n, from, 1)
+		after := fx.rs.local
+		var in, drops uint64
+		for i := range after.packets {
+			in += after.packets[i] - before.packets[i]
+		}
+		for i := range after.drops {
+			drops += after.drops[i] - before.drops[i]
+		}
+		if in != 1 {
+			t.Fatalf("counted %d datagrams", in)
+		}
+		if kept == (drops == 1) || drops > 1 {
+			t.Fatalf("kept %v with %d drops", kept, drops)
+		}
+		if !kept {
+			fx.m.putBuf(buf)
+		}
+		for _, s := range append(fx.sess, s) {
+			for {
+				if _, _, ok := s.pop(fx.out); !ok {
+					break
+				}
+			}
+		}
+		if fx.m.flows.len() != flows {
+			t.Fatal("a received datagram bound an address")
+		}
+	})
+}
