@@ -69,10 +69,16 @@ func (c *conn) ReadFromAddrPort(b []byte) (int, netip.AddrPort, error) {
 			}
 			expired = timer.C
 		}
+		if expired == nil {
+			select {
+			case <-c.s.notify:
+			case <-c.done:
+			}
+			continue
+		}
 		select {
 		case <-c.s.notify:
 		case <-c.done:
-		case <-c.s.done:
 		case <-expired:
 		}
 	}
@@ -113,6 +119,7 @@ func (c *conn) Close() error {
 	c.once.Do(func() {
 		close(c.done)
 		c.s.m.release(c.s)
+		c.s.wake() // hand on any wake-up this reference's reader took
 	})
 	return nil
 }
@@ -130,11 +137,7 @@ func (c *conn) SetReadDeadline(t time.Time) error {
 	} else {
 		c.deadline.Store(max(t.UnixNano(), 1))
 	}
-	// Wake a blocked reader so it sees the new deadline.
-	select {
-	case c.s.notify <- struct{}{}:
-	default:
-	}
+	c.s.wake() // a blocked reader must see the new deadline
 	return nil
 }
 

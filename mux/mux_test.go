@@ -386,7 +386,7 @@ func TestConfigValidation(t *testing.T) {
 func TestConcurrentWritersKeepOrder(t *testing.T) {
 	m := listenTest(t, "127.0.0.1:0", Config{Sockets: 1})
 	// each stays well inside the client sockets' default receive buffer.
-	const writers, each = 8, 150
+	const writers, each = 8, 100
 	type peer struct {
 		sc net.PacketConn
 		cl *net.UDPConn

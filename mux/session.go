@@ -37,8 +37,10 @@ type session struct {
 	unbound int    // guarded by qmu: queued datagrams with unbound set
 	qclosed bool   // guarded by qmu
 
-	notify    chan struct{} // capacity 1: a datagram was queued
-	done      chan struct{} // closed when the session closes
+	// notify (capacity 1) says a datagram was queued; it is closed when the
+	// session closes, so a waiting reader needs no second channel for that.
+	// Sent to and closed only under qmu, after checking qclosed.
+	notify    chan struct{}
 	closeOnce sync.Once
 	closedAt  atomic.Int64 // unix nanoseconds; zero while live
 
@@ -66,7 +68,6 @@ func newSession(m *Mux, key ufragKey, is6 bool, w *writer) *session {
 		w:      w,
 		ring:   make([]qpkt, min(16, m.cfg.QueueLen)),
 		notify: make(chan struct{}, 1),
-		done:   make(chan struct{}),
 	}
 }
 
@@ -99,12 +100,27 @@ func (s *session) push(buf *pbuf, n int, from netip.AddrPort, unbound bool) (Dro
 	if unbound {
 		s.unbound++
 	}
+	s.wakeLocked()
 	s.qmu.Unlock()
+	return 0, true
+}
+
+// wakeLocked wakes a reader waiting on notify, if any; s.qmu is held.
+func (s *session) wakeLocked() {
+	if s.qclosed {
+		return
+	}
 	select {
 	case s.notify <- struct{}{}:
 	default:
 	}
-	return 0, true
+}
+
+// wake is wakeLocked for callers without the lock.
+func (s *session) wake() {
+	s.qmu.Lock()
+	s.wakeLocked()
+	s.qmu.Unlock()
 }
 
 // growLocked doubles the ring, up to QueueLen; the queue is full.
@@ -132,15 +148,10 @@ func (s *session) pop(b []byte) (n int, from netip.AddrPort, ok bool) {
 	if p.unbound {
 		s.unbound--
 	}
-	more := s.n > 0
-	s.qmu.Unlock()
-	if more {
-		// Another reader of this session may be waiting.
-		select {
-		case s.notify <- struct{}{}:
-		default:
-		}
+	if s.n > 0 {
+		s.wakeLocked() // another reader of this session may be waiting
 	}
+	s.qmu.Unlock()
 	n = copy(b, p.buf.b[:p.n])
 	s.m.putBuf(p.buf)
 	return n, p.from, true
@@ -161,8 +172,8 @@ func (s *session) close(now int64) {
 		}
 		s.unbound = 0
 		s.ring = nil
+		close(s.notify)
 		s.qmu.Unlock()
-		close(s.done)
 	})
 }
 
