@@ -1,0 +1,23 @@
+// Package bench measures oneport against its peers.
+//
+// RunMux replays the same STUN-then-RTP traffic, in one run, into three
+// receivers one after another: a raw UDP socket that does no demultiplexing
+// (the ceiling), pion's ice.NewUDPMuxDefault, and oneport's mux. Each session
+// has its own conn (GetConn) and its own reader goroutine; each client socket
+// sends a STUN Binding request, the session answers it through its conn (that
+// write binds the address in oneport's mux), and then the client sends RTP.
+//
+// The senders run in separate processes (the current binary re-executed with
+// ONEPORT_BENCH_SENDER=1), so the receive-side CPU that RunMux reads with
+// getrusage(RUSAGE_SELF) is the receiver's own. Programs that call RunMux
+// must call MaybeRunSender first thing in main (or TestMain).
+//
+// Invariants:
+//   - Traffic goes only to 127.0.0.1 or ::1.
+//   - Everything is bounded: sessions, sockets, durations, waits. Every
+//     sender process is killed by PID on every exit path, and exits by
+//     itself when its stdin closes or its deadline passes.
+//   - Delivered packets are counted by the session readers, and only RTP
+//     carrying the session's own SSRC counts, so a misrouted packet shows up
+//     as misrouted rather than as delivered.
+package bench
