@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pion/ice/v4"
+	"github.com/rs/zerolog"
 	"github.com/urfave/cli/v2"
 
 	"github.com/oneport/oneport/mux"
@@ -43,6 +45,9 @@ func serveCommand() *cli.Command {
 				Usage: "bearer token required to publish and subscribe (default: none, open)"},
 			&cli.IntFlag{Name: "max-participants", EnvVars: env("max-participants"),
 				Usage: "publishers and subscribers this node accepts (default 10000)"},
+			// Benchmarks only: the same server on pion's ice.NewUDPMuxDefault.
+			&cli.StringFlag{Name: "mux", Value: "oneport", EnvVars: env("mux"), Hidden: true,
+				Usage: "oneport, or pion (ice.NewUDPMuxDefault on one socket) for comparisons"},
 		},
 		Action: serve,
 	}
@@ -93,9 +98,24 @@ func serve(c *cli.Context) error {
 		return err
 	}
 	defer m.Close()
+	var udpMux ice.UDPMux = m
+	switch c.String("mux") {
+	case "oneport":
+	case "pion":
+		// Same port, same advertised address; the oneport mux stays open
+		// (and idle) only to hold the port number.
+		pm, err := pionMux(m, log)
+		if err != nil {
+			return err
+		}
+		defer pm.Close()
+		udpMux = pm
+	default:
+		return fmt.Errorf("--mux %q: want oneport or pion", c.String("mux"))
+	}
 
 	srv, err := sfu.New(sfu.Config{
-		UDPMux:          m,
+		UDPMux:          udpMux,
 		EmptyTimeout:    c.Duration("empty-timeout"),
 		Token:           c.String("token"),
 		MaxParticipants: c.Int("max-participants"),
@@ -137,6 +157,21 @@ func serve(c *cli.Context) error {
 		hs.Close()
 	}
 	return nil
+}
+
+// pionMux opens pion's UDP mux for comparisons. It cannot share the port
+// with the oneport mux (which would steal half the flows through
+// SO_REUSEPORT), so it takes the next free port on the same address.
+func pionMux(m *mux.Mux, log zerolog.Logger) (*ice.UDPMuxDefault, error) {
+	la := m.LocalAddr().(*net.UDPAddr)
+	uc, err := net.ListenUDP("udp", &net.UDPAddr{IP: la.IP})
+	if err != nil {
+		return nil, fmt.Errorf("--mux pion: %w", err)
+	}
+	_ = uc.SetReadBuffer(8 << 20)
+	_ = uc.SetWriteBuffer(8 << 20)
+	log.Warn().Stringer("udp", uc.LocalAddr()).Msg("benchmark mode: media on pion's ice.UDPMuxDefault")
+	return ice.NewUDPMuxDefault(ice.UDPMuxParams{UDPConn: uc}), nil
 }
 
 // routes mounts the signaling API and the demo page on one handler.
