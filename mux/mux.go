@@ -13,6 +13,8 @@ import (
 
 	"github.com/pion/ice/v4"
 	"github.com/rs/zerolog"
+
+	"github.com/oneport/oneport/internal/batchio"
 )
 
 var _ ice.UDPMux = (*Mux)(nil)
@@ -83,7 +85,8 @@ type socket struct {
 	conn  *net.UDPConn
 	rc    syscall.RawConn
 	v6    bool // AF_INET6 (dual-stack or IPv6-only)
-	rb    rbatch
+	rd    *batchio.Reader
+	bufs  []*pbuf // the reader's slots, swapped out when a datagram is kept
 	wb    wbatch
 	wr    writer
 	rs    readerState // the reader's cache and batch counters
@@ -161,7 +164,16 @@ func (m *Mux) addSocket(uc *net.UDPConn, v6 bool) error {
 		return fmt.Errorf("mux: raw conn: %w", err)
 	}
 	s := &socket{m: m, conn: uc, rc: rc, v6: v6}
-	s.initBatch(m.cfg.BatchSize)
+	s.bufs = make([]*pbuf, m.cfg.BatchSize)
+	bs := make([][]byte, m.cfg.BatchSize)
+	for i := range s.bufs {
+		s.bufs[i] = m.getBuf()
+		bs[i] = s.bufs[i].b
+	}
+	if s.rd, err = batchio.NewReader(uc, bs); err != nil {
+		return err
+	}
+	s.initWriteBatch(m.cfg.BatchSize)
 	s.wr.init(s)
 	m.socks = append(m.socks, s)
 	return nil
@@ -430,7 +442,7 @@ func (m *Mux) readLoop(s *socket) {
 	defer m.wg.Done()
 	var backoff time.Duration
 	for {
-		n, err := s.readBatch()
+		n, err := s.rd.Read()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -450,13 +462,14 @@ func (m *Mux) readLoop(s *socket) {
 		now := time.Now().UnixNano()
 		m.now.Store(now)
 		for i := 0; i < n; i++ {
-			buf, size, from, trunc := s.datagram(i)
-			if trunc || size > m.cfg.MaxPacketSize {
+			b, from, trunc := s.rd.Datagram(i)
+			if trunc || len(b) > m.cfg.MaxPacketSize {
 				s.rs.local.drop(DropTruncated)
 				continue
 			}
-			if m.demux(&s.rs, s, buf, size, from, now) {
-				s.replace(i, m.getBuf())
+			if m.demux(&s.rs, s, s.bufs[i], len(b), from, now) {
+				s.bufs[i] = m.getBuf()
+				s.rd.SetBuffer(i, s.bufs[i].b)
 			}
 		}
 		s.rs.local.flush(&s.stats)
