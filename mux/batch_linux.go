@@ -121,4 +121,3 @@ func (s *socket) sendBatchLocked(pkts []outPkt, st *counters) error {
 	}
 	return lastErr
 }
-
