@@ -1,0 +1,5 @@
+//go:build race
+
+package lbhealth
+
+const raceEnabled = true

@@ -1,0 +1,119 @@
+package lbhealth
+
+import (
+	"math"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func TestGCRABurstAndRefill(t *testing.T) {
+	interval, tol := gcraParams(10, 3) // 100 ms per token, burst 3
+	if interval != int64(100*time.Millisecond) || tol != 2*interval {
+		t.Fatalf("params %d %d", interval, tol)
+	}
+	var tat int64
+	now := int64(time.Hour)
+	allowed := 0
+	for range 10 {
+		var ok bool
+		if tat, ok = gcraStep(tat, now, interval, tol); ok {
+			allowed++
+		}
+	}
+	if allowed != 3 {
+		t.Errorf("burst allowed %d, want 3", allowed)
+	}
+	if _, ok := gcraStep(tat, now+interval-1, interval, tol); ok {
+		t.Error("allowed before a token accrued")
+	}
+	if _, ok := gcraStep(tat, now+interval, interval, tol); !ok {
+		t.Error("refused after a token accrued")
+	}
+}
+
+func TestSourceLimiterPerSource(t *testing.T) {
+	l := newSourceLimiter(1, 2, 64)
+	a, b := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("2001:db8::1")
+	now := int64(time.Hour)
+	for i, want := range []bool{true, true, false} {
+		if got := l.allow(a, now); got != want {
+			t.Errorf("a probe %d: %v, want %v", i, got, want)
+		}
+	}
+	if !l.allow(b, now) {
+		t.Error("b limited by a's bucket")
+	}
+	if !l.allow(a, now+int64(time.Second)) {
+		t.Error("a not refilled after 1/rate")
+	}
+}
+
+// TestSourceLimiterBounded: a flood of distinct sources never grows the table
+// past MaxSources; idle sources are forgotten before live ones.
+func TestSourceLimiterBounded(t *testing.T) {
+	const maxSources = 64
+	l := newSourceLimiter(1, 1, maxSources)
+	now := int64(time.Hour)
+	for i := range 10000 {
+		a := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
+		l.allow(a, now)
+		if n := l.len(); n > maxSources {
+			t.Fatalf("table holds %d sources after %d, bound %d", n, i+1, maxSources)
+		}
+	}
+	if l.evicted.Load() == 0 {
+		t.Error("no eviction counted in a flood of live sources")
+	}
+
+	// Once every bucket is full again, a new source in a full shard makes
+	// room by forgetting that shard's idle buckets, which changes no one's
+	// limit, and counts no eviction.
+	if n := l.len(); n != maxSources {
+		t.Fatalf("table holds %d after the flood, want every shard full (%d)", n, maxSources)
+	}
+	evicted := l.evicted.Load()
+	l.allow(netip.MustParseAddr("172.16.0.1"), now+int64(time.Minute))
+	if got := l.evicted.Load(); got != evicted {
+		t.Errorf("%d live buckets evicted while idle ones were there", got-evicted)
+	}
+	if n, want := l.len(), maxSources-l.perShard+1; n != want {
+		t.Errorf("table holds %d after the sweep, want %d", n, want)
+	}
+}
+
+func TestGlobalLimitConcurrent(t *testing.T) {
+	verifyNoLeaks(t)
+	var g globalLimit
+	g.interval, g.tolerance = gcraParams(1, 100)
+	now := int64(time.Hour)
+	var allowed atomic.Int64
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for range 1000 {
+				if g.allow(now) {
+					allowed.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if got := allowed.Load(); got != 100 {
+		t.Errorf("allowed %d of a burst of 100", got)
+	}
+}
+
+func TestGCRAParamsNoOverflow(t *testing.T) {
+	for _, tc := range []struct {
+		rate  float64
+		burst int
+	}{{1e-300, 1 << 30}, {1e-9, 1000}, {1e300, 1}, {0.001, 0}} {
+		interval, tol := gcraParams(tc.rate, tc.burst)
+		if interval < 1 || tol < 0 || tol > math.MaxInt64/2 {
+			t.Errorf("rate %v burst %d: interval %d tolerance %d", tc.rate, tc.burst, interval, tol)
+		}
+	}
+}
