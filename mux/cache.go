@@ -13,6 +13,17 @@ const flowCacheSize = 4096
 type readerState struct {
 	cache [flowCacheSize]cacheEntry
 	local localCounts
+	asked [askedSize]askedEntry // when each address was last asked about (whoHas)
+	// askBudget limits ownership queries per second from this reader.
+	askSecond int64
+	askCount  int
+}
+
+const askedSize = 1024
+
+type askedEntry struct {
+	addr netip.AddrPort
+	at   int64
 }
 
 // cacheEntry remembers a flow found in the table. It is valid while the
@@ -30,6 +41,8 @@ type localCounts struct {
 	bytes   [NumClasses]uint64
 	drops   [NumDropReasons]uint64
 	probes  uint64
+	frames  uint64 // relay frames received
+	fbytes  uint64
 	dirty   bool
 }
 
@@ -62,6 +75,10 @@ func (l *localCounts) flush(c *counters) {
 	}
 	if l.probes != 0 {
 		c.probes.Add(l.probes)
+	}
+	if l.frames != 0 {
+		c.frames.Add(l.frames)
+		c.frameBytes.Add(l.fbytes)
 	}
 	*l = localCounts{}
 }

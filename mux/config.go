@@ -80,6 +80,30 @@ type Config struct {
 	// port to this one). Zero means the bound port.
 	AdvertisePort uint16
 
+	// Tag is this node's owner tag (TagLen ice-chars). Sessions whose
+	// ufrag starts with UfragPrefix(Tag) are this node's; a check for a
+	// ufrag with another member's tag is relayed to it. Empty: a single
+	// node, ufrags are not routed by tag.
+	Tag string
+
+	// Relay is the address of the relay socket on the internal network
+	// ("10.0.0.5:7947"). Empty: no relay, SetPeers fails.
+	Relay string
+
+	// RelayKey authenticates relay frames (HMAC-SHA256, truncated to 16
+	// bytes). Nil: frames are accepted from members' relay addresses
+	// without authentication, so the internal network must be trusted.
+	RelayKey []byte
+
+	// WhoHasInterval is the least time between two ownership queries for
+	// one unknown client address (after a load balancer moved a live flow
+	// here). Zero means 200ms.
+	WhoHasInterval time.Duration
+
+	// WhoHasRate bounds ownership queries per second per reader. Zero
+	// means 2000.
+	WhoHasRate int
+
 	// Probe answers STUN Binding requests that carry no USERNAME (load
 	// balancer health probes). Nil means they are dropped as DropProbe.
 	Probe ProbeHandler
@@ -95,8 +119,10 @@ type ProbeHandler interface {
 	HandleProbe(req []byte, from netip.AddrPort, w ProbeWriter)
 }
 
-// ProbeWriter sends a datagram from the mux's port.
-type ProbeWriter interface {
+// ProbeWriter sends a datagram from the mux's port. An alias, so a handler
+// declared in another package with the same method set satisfies
+// ProbeHandler without importing this one.
+type ProbeWriter = interface {
 	WriteToAddrPort(b []byte, addr netip.AddrPort) (int, error)
 }
 
@@ -146,6 +172,12 @@ func (c Config) withDefaults() (Config, error) {
 	if c.SocketBuffer == 0 {
 		c.SocketBuffer = 8 << 20
 	}
+	if c.WhoHasInterval == 0 {
+		c.WhoHasInterval = 200 * time.Millisecond
+	}
+	if c.WhoHasRate == 0 {
+		c.WhoHasRate = 2000
+	}
 	switch {
 	case c.Sockets < 1 || c.Sockets > 256:
 		return c, fmt.Errorf("%w: Sockets %d not in 1..256", ErrInvalidConfig, c.Sockets)
@@ -169,6 +201,12 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("%w: WriteQueueLen %d < 1", ErrInvalidConfig, c.WriteQueueLen)
 	case c.SocketBuffer < 0:
 		return c, fmt.Errorf("%w: SocketBuffer %d < 0", ErrInvalidConfig, c.SocketBuffer)
+	}
+	if c.Tag != "" && (len(c.Tag) != TagLen || !IsIceChars(c.Tag)) {
+		return c, fmt.Errorf("%w: Tag %q is not %d ice-chars", ErrInvalidConfig, c.Tag, TagLen)
+	}
+	if c.WhoHasInterval < 0 || c.WhoHasRate < 0 {
+		return c, fmt.Errorf("%w: negative WhoHas limit", ErrInvalidConfig)
 	}
 	for _, a := range c.Advertise {
 		if !a.IsValid() || a.Port() == 0 {

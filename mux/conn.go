@@ -101,7 +101,13 @@ func (c *conn) WriteToAddrPort(b []byte, addr netip.AddrPort) (int, error) {
 		return 0, io.ErrClosedPipe
 	}
 	addr = unmap(addr)
-	c.s.m.bindOnWrite(c.s, addr)
+	if f := c.s.m.bindOnWrite(c.s, addr); f != nil {
+		if v := f.via.Load(); v != nil && !v.gone.Load() {
+			// The client reaches us through another node: answer through
+			// it, the only one whose replies the load balancer translates.
+			return c.s.m.relayToClient(b, addr, v)
+		}
+	}
 	return c.s.w.write(b, addr)
 }
 

@@ -35,8 +35,17 @@ type Mux struct {
 	socks  []*socket
 	laddr  *net.UDPAddr
 	listen []net.Addr // what GetListenAddresses reports
-	pool   sync.Pool  // *pbuf of MaxPacketSize+1 bytes
+	pool   sync.Pool  // *pbuf of bufSize bytes
 	now    atomic.Int64
+
+	// The cluster relay; all nil or zero on a single node.
+	relay   *socket      // the relay socket on the internal network
+	tag     [TagLen]byte // this node's owner tag
+	tagged  bool
+	auth    *relayAuth // nil: frames are not authenticated
+	peerMu  sync.Mutex // serializes SetPeers
+	peers   atomic.Pointer[peerSet]
+	pending pendingVia
 
 	mu        sync.RWMutex
 	ufrags    map[ufragKey]*ufragEntry // guarded by mu
@@ -132,9 +141,19 @@ func Listen(addr string, cfg Config) (*Mux, error) {
 		}
 	}
 	m.listen = listenAddrs(m.laddr, cfg.Advertise, cfg.AdvertisePort)
+	if cfg.Relay != "" {
+		if err := m.openRelay(cfg.Relay); err != nil {
+			m.closeSockets()
+			return nil, err
+		}
+	}
 	for _, s := range m.socks {
 		m.wg.Add(1)
 		go m.readLoop(s)
+	}
+	if m.relay != nil {
+		m.wg.Add(1)
+		go m.relayLoop(m.relay)
 	}
 	m.wg.Add(1)
 	go m.janitor()
@@ -151,37 +170,62 @@ func newMux(cfg Config) *Mux {
 		ufrags:  make(map[ufragKey]*ufragEntry),
 		closing: make(chan struct{}),
 	}
-	size := cfg.MaxPacketSize + 1 // one spare byte tells a truncated read
+	size := m.bufSize()
 	m.pool.New = func() any { return &pbuf{b: make([]byte, size)} }
 	m.flows.init()
+	m.peers.Store(&peerSet{})
+	if cfg.Tag != "" {
+		copy(m.tag[:], cfg.Tag)
+		m.tagged = true
+	}
+	m.auth = newRelayAuth(cfg.RelayKey)
 	m.now.Store(time.Now().UnixNano())
 	return m
 }
 
+// bufSize is the size of every pooled buffer: headroom for a relay header
+// before a datagram, and room after it for a relay frame's header, a
+// datagram of MaxPacketSize, its MAC and one spare byte that tells a
+// truncated read.
+func (m *Mux) bufSize() int {
+	return headroom + relayHeaderLen + m.cfg.MaxPacketSize + relayMACLen + 1
+}
+
 func (m *Mux) addSocket(uc *net.UDPConn, v6 bool) error {
+	s, err := m.newSocket(uc, v6)
+	if err != nil {
+		return err
+	}
+	m.socks = append(m.socks, s)
+	return nil
+}
+
+func (m *Mux) newSocket(uc *net.UDPConn, v6 bool) (*socket, error) {
 	rc, err := uc.SyscallConn()
 	if err != nil {
-		return fmt.Errorf("mux: raw conn: %w", err)
+		return nil, fmt.Errorf("mux: raw conn: %w", err)
 	}
 	s := &socket{m: m, conn: uc, rc: rc, v6: v6}
 	s.bufs = make([]*pbuf, m.cfg.BatchSize)
 	bs := make([][]byte, m.cfg.BatchSize)
 	for i := range s.bufs {
 		s.bufs[i] = m.getBuf()
-		bs[i] = s.bufs[i].b
+		bs[i] = s.bufs[i].b[headroom:]
 	}
 	if s.rd, err = batchio.NewReader(uc, bs); err != nil {
-		return err
+		return nil, err
 	}
 	s.initWriteBatch(m.cfg.BatchSize)
 	s.wr.init(s)
-	m.socks = append(m.socks, s)
-	return nil
+	return s, nil
 }
 
 func (m *Mux) closeSockets() {
 	for _, s := range m.socks {
 		s.conn.Close()
+	}
+	if m.relay != nil {
+		m.relay.conn.Close()
 	}
 }
 
@@ -190,14 +234,14 @@ func (m *Mux) getBuf() *pbuf { return m.pool.Get().(*pbuf) }
 // getBufFor returns a buffer of at least n bytes (a send larger than
 // MaxPacketSize gets its own).
 func (m *Mux) getBufFor(n int) *pbuf {
-	if n <= m.cfg.MaxPacketSize+1 {
+	if n <= m.bufSize() {
 		return m.getBuf()
 	}
 	return &pbuf{b: make([]byte, n)}
 }
 
 func (m *Mux) putBuf(b *pbuf) {
-	if b != nil && len(b.b) == m.cfg.MaxPacketSize+1 {
+	if b != nil && len(b.b) == m.bufSize() {
 		m.pool.Put(b)
 	}
 }
@@ -298,26 +342,33 @@ func (m *Mux) closeSessionLocked(s *session) {
 	m.nsessions--
 }
 
-// bindOnWrite binds to to s: its agent is answering that address.
-func (m *Mux) bindOnWrite(s *session, to netip.AddrPort) {
+// bindOnWrite binds to to s (its agent is answering that address) and
+// returns the flow, or nil when the table is full.
+func (m *Mux) bindOnWrite(s *session, to netip.AddrPort) *flow {
 	now := m.now.Load()
 	gen := m.flows.gen.Load() // before any lookup: a later change invalidates
 	if c := s.sent.Load(); c != nil && c.addr == to && c.gen == gen {
 		c.f.touch(now)
-		return
+		return c.f
 	}
 	if f := m.flows.get(to); f != nil && f.sess == s {
 		f.touch(now)
 		s.sent.Store(&sentFlow{addr: to, f: f, gen: gen})
-		return
+		return f
 	}
-	res, prev := m.flows.bind(to, s, now, m.cfg.MaxFlows)
+	res, f, prev := m.flows.bind(to, s, nil, now, m.cfg.MaxFlows)
 	switch res {
 	case bindFull:
 		m.misc.drop(DropTableFull)
-		return
+		return nil
 	case bindExisting:
-		return
+		return f
+	}
+	if m.relay != nil {
+		// The check this answers may have come through another node.
+		if p := m.pending.take(to, now); p != nil {
+			f.via.Store(p)
+		}
 	}
 	if prev != nil {
 		prev.removeAddr(to)
@@ -329,6 +380,7 @@ func (m *Mux) bindOnWrite(s *session, to netip.AddrPort) {
 		// Closed while binding: leave no live binding behind.
 		m.flows.unbind(to, s)
 	}
+	return f
 }
 
 func (m *Mux) lastSeen(a netip.AddrPort) int64 {
@@ -369,6 +421,18 @@ func (m *Mux) Stats() Stats {
 		add(&s.stats, false)
 		add(&s.wr.stats, true)
 		st.QueuedOut += s.wr.batched.Load()
+	}
+	if r := m.relay; r != nil {
+		add(&r.stats, false) // the relayed datagrams, by class, and drops
+		st.RelayFramesIn += r.stats.frames.Load()
+		st.RelayBytesIn += r.stats.frameBytes.Load()
+		for i := range r.wr.stats.packets {
+			st.RelayFramesOut += r.wr.stats.packets[i].Load()
+			st.RelayBytesOut += r.wr.stats.bytes[i].Load()
+		}
+		st.Drops[DropWriteQueue] += r.wr.stats.drops[DropWriteQueue].Load()
+		st.Drops[DropWriteError] += r.wr.stats.drops[DropWriteError].Load()
+		st.Peers = len(m.peers.Load().all)
 	}
 	add(&m.misc, false)
 	m.mu.RLock()
@@ -467,39 +531,60 @@ func (m *Mux) readLoop(s *socket) {
 				s.rs.local.drop(DropTruncated)
 				continue
 			}
-			if m.demux(&s.rs, s, s.bufs[i], len(b), from, now) {
+			if m.demux(&s.rs, s, s.bufs[i], headroom, len(b), from, now, nil) {
 				s.bufs[i] = m.getBuf()
-				s.rd.SetBuffer(i, s.bufs[i].b)
+				s.rd.SetBuffer(i, s.bufs[i].b[headroom:])
 			}
 		}
 		s.rs.local.flush(&s.stats)
 	}
 }
 
-// demux routes one datagram that arrived from `from`, counting it and any
-// drop in rs. It reports whether it kept buf (handed it to a session).
-func (m *Mux) demux(rs *readerState, w ProbeWriter, buf *pbuf, n int, from netip.AddrPort, now int64) bool {
-	b := buf.b[:n]
+// demux routes one datagram that arrived from `from`, straight (via nil)
+// or relayed by the ingress node via, counting it and any drop in rs. The
+// datagram is buf.b[off:off+n]. It reports whether it kept buf (handed it to
+// a session).
+func (m *Mux) demux(rs *readerState, w ProbeWriter, buf *pbuf, off, n int, from netip.AddrPort, now int64, via *peer) bool {
+	b := buf.b[off : off+n]
 	class := Classify(b)
 	c := &rs.local
 	c.count(class, n)
 	if f := rs.lookup(&m.flows, from); f != nil {
+		if o := f.owner; o != nil {
+			if via != nil || o.gone.Load() {
+				// Relayed to us, yet routed on by us: the members disagree
+				// for a moment. Or the owner left. Never bounce it on.
+				c.drop(DropNoRoute)
+				return false
+			}
+			f.touch(now)
+			m.relayDatagram(c, buf, off, n, frameToOwner, from, o)
+			return false
+		}
 		s := f.sess
 		if s.closed() {
 			c.drop(DropClosed)
 			return false
 		}
 		f.touch(now)
-		r, ok := s.push(buf, n, from, false)
+		if f.via.Load() != via {
+			f.via.Store(via) // the latest path wins (a load balancer re-hash)
+		}
+		r, ok := s.push(buf, off, n, from, false)
 		if !ok {
 			c.drop(r)
 		}
 		return ok
 	}
 	if class != ClassSTUN {
-		if class == ClassOther {
+		switch {
+		case class == ClassOther:
 			c.drop(DropJunk)
-		} else {
+		default:
+			if via == nil && m.relay != nil {
+				// A live flow the load balancer moved here: ask who owns it.
+				m.askWhoHas(rs, from, now)
+			}
 			c.drop(DropUnknownAddr)
 		}
 		return false
@@ -513,13 +598,24 @@ func (m *Mux) demux(rs *readerState, w ProbeWriter, buf *pbuf, n int, from netip
 		c.drop(DropNotRequest)
 		return false
 	case StunBindingProbe:
-		if m.cfg.Probe == nil {
+		if m.cfg.Probe == nil || via != nil {
 			c.drop(DropProbe)
 			return false
 		}
 		c.probes++
 		m.cfg.Probe.HandleProbe(b, from, w)
 		return false
+	}
+	if m.tagged {
+		if t, ok := ufragTag(ufrag); ok && t != m.tag {
+			o := m.peers.Load().byTag[t]
+			if o == nil || via != nil {
+				c.drop(DropUnknownUfrag)
+				return false
+			}
+			m.relayDatagram(c, buf, off, n, frameToOwner, from, o)
+			return false
+		}
 	}
 	key, ok := makeUfragKey(ufrag)
 	if !ok {
@@ -540,11 +636,15 @@ func (m *Mux) demux(rs *readerState, w ProbeWriter, buf *pbuf, n int, from netip
 		c.drop(DropClosed)
 		return false
 	}
-	r, ok := s.push(buf, n, from, true)
+	r, ok := s.push(buf, off, n, from, true)
 	if !ok {
 		c.drop(r)
+		return false
 	}
-	return ok
+	if via != nil {
+		m.pending.put(from, via, now)
+	}
+	return true
 }
 
 // listenAddrs is what GetListenAddresses reports: the advertised addresses,

@@ -13,7 +13,7 @@ type pbuf struct{ b []byte }
 // qpkt is one queued datagram.
 type qpkt struct {
 	buf     *pbuf
-	n       int
+	off, n  int // the datagram is buf.b[off:off+n]
 	from    netip.AddrPort
 	unbound bool // reached the session by ufrag, not by a bound address
 }
@@ -75,7 +75,7 @@ func (s *session) closed() bool { return s.closedAt.Load() != 0 }
 
 // push queues a datagram, taking ownership of buf. It never blocks; when the
 // queue is full it returns the reason and the caller keeps buf.
-func (s *session) push(buf *pbuf, n int, from netip.AddrPort, unbound bool) (DropReason, bool) {
+func (s *session) push(buf *pbuf, off, n int, from netip.AddrPort, unbound bool) (DropReason, bool) {
 	s.qmu.Lock()
 	switch {
 	case s.qclosed:
@@ -95,7 +95,7 @@ func (s *session) push(buf *pbuf, n int, from netip.AddrPort, unbound bool) (Dro
 	if i >= len(s.ring) {
 		i -= len(s.ring)
 	}
-	s.ring[i] = qpkt{buf: buf, n: n, from: from, unbound: unbound}
+	s.ring[i] = qpkt{buf: buf, off: off, n: n, from: from, unbound: unbound}
 	s.n++
 	if unbound {
 		s.unbound++
@@ -152,7 +152,7 @@ func (s *session) pop(b []byte) (n int, from netip.AddrPort, ok bool) {
 		s.wakeLocked() // another reader of this session may be waiting
 	}
 	s.qmu.Unlock()
-	n = copy(b, p.buf.b[:p.n])
+	n = copy(b, p.buf.b[p.off:p.off+p.n])
 	s.m.putBuf(p.buf)
 	return n, p.from, true
 }

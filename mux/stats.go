@@ -7,19 +7,23 @@ type DropReason uint8
 
 // Drop reasons, counted in Stats.Drops.
 const (
-	DropUnknownAddr  DropReason = iota // non-STUN datagram from an address bound to no session
-	DropJunk                           // malformed STUN, or not STUN/DTLS/RTP, from an unknown address
-	DropNotRequest                     // STUN from an unknown address that is not a Binding request
-	DropUnknownUfrag                   // Binding request for a ufrag no session has
-	DropProbe                          // Binding request without USERNAME and no probe handler
-	DropClosed                         // datagram for a closed session (tombstone)
-	DropQueueFull                      // the session's receive queue was full
-	DropUnboundLimit                   // too many datagrams queued for a session from unbound addresses
-	DropTruncated                      // datagram larger than Config.MaxPacketSize
-	DropTableFull                      // a session could not bind an address: flow table full
-	DropWriteQueue                     // the send queue was full
-	DropWriteError                     // the kernel refused a send
-	DropReadError                      // the kernel reported a receive error
+	DropUnknownAddr    DropReason = iota // non-STUN datagram from an address bound to no session
+	DropJunk                             // malformed STUN, or not STUN/DTLS/RTP, from an unknown address
+	DropNotRequest                       // STUN from an unknown address that is not a Binding request
+	DropUnknownUfrag                     // Binding request for a ufrag no session has
+	DropProbe                            // Binding request without USERNAME and no probe handler
+	DropClosed                           // datagram for a closed session (tombstone)
+	DropQueueFull                        // the session's receive queue was full
+	DropUnboundLimit                     // too many datagrams queued for a session from unbound addresses
+	DropTruncated                        // datagram larger than Config.MaxPacketSize
+	DropTableFull                        // a session could not bind an address: flow table full
+	DropWriteQueue                       // the send queue was full
+	DropWriteError                       // the kernel refused a send
+	DropReadError                        // the kernel reported a receive error
+	DropNoRoute                          // a flow's owner left, or a relayed datagram would be relayed again
+	DropRelayNotMember                   // a relay frame from an address that is no member's
+	DropRelayAuth                        // a relay frame with a bad MAC or too old
+	DropRelayMalformed                   // a relay frame that does not parse
 	NumDropReasons
 )
 
@@ -27,6 +31,7 @@ var dropNames = [NumDropReasons]string{
 	"unknown_address", "junk", "not_request", "unknown_ufrag", "probe",
 	"closed_session", "queue_full", "unbound_limit", "truncated",
 	"table_full", "write_queue_full", "write_error", "read_error",
+	"no_route", "relay_not_member", "relay_auth", "relay_malformed",
 }
 
 func (r DropReason) String() string {
@@ -46,8 +51,12 @@ type Stats struct {
 	Drops      [NumDropReasons]uint64
 	Probes     uint64 // Binding requests without USERNAME handed to the probe handler
 	QueuedOut  uint64 // datagrams sent after waiting behind another send (in sendmmsg batches)
-	Sessions   int    // live sessions
-	Flows      int    // bound addresses, tombstones included
+
+	RelayFramesIn, RelayBytesIn   uint64 // relay frames received from other nodes
+	RelayFramesOut, RelayBytesOut uint64 // relay frames sent to other nodes
+	Peers                         int    // other nodes the relay knows
+	Sessions                      int    // live sessions
+	Flows                         int    // bound addresses, tombstones included
 }
 
 // TotalIn is the number of datagrams received, of all classes.
@@ -74,7 +83,9 @@ type counters struct {
 	bytes   [NumClasses]atomic.Uint64
 	drops   [NumDropReasons]atomic.Uint64
 	probes  atomic.Uint64
-	_       [64]byte // keep neighbours off this cache line
+	// frames and frameBytes count relay frames received (relay socket only).
+	frames, frameBytes atomic.Uint64
+	_                  [64]byte // keep neighbours off this cache line
 }
 
 func (c *counters) count(cl Class, n int) {

@@ -7,14 +7,18 @@ import (
 	"sync/atomic"
 )
 
-// flow is what the flow table maps a client address to.
-//
-// Today every flow routes to a local session. The cluster relay adds a second
-// kind of route (a remote owner node, and for local sessions the ingress node
-// a flow arrives through); both are fields here, so the read path stays one
-// lookup followed by a switch on the route.
+// flow is what the flow table maps a client address to: a local session,
+// or (on an ingress node) the remote node that owns the client's session.
 type flow struct {
-	sess     *session     // immutable: the session the address is bound to
+	sess  *session // immutable: the local session the address is bound to, or nil
+	owner *peer    // immutable: the remote owner when sess is nil
+
+	// via is, for a local session's flow, the ingress node its datagrams
+	// last came through (nil: straight from the client). Replies leave the
+	// same way, since only that node's replies are translated back to the
+	// load balancer's VIP. The latest path wins.
+	via atomic.Pointer[peer]
+
 	lastSeen atomic.Int64 // coarse unix nanoseconds of the last datagram either way
 }
 
@@ -83,31 +87,34 @@ const (
 	bindFull                       // the table is full: a is not bound
 )
 
-// bind binds a to s, replacing any other session's binding (the latest
-// session to answer an address owns it). prev is the session a was bound to
+// bind binds a to the local session s, or (s nil) to the remote owner o,
+// replacing any other binding: the latest to answer an address owns it.
+// It returns the flow now bound and the local session a was bound to
 // before, if another.
-func (t *flowTable) bind(a netip.AddrPort, s *session, now int64, max int) (res bindResult, prev *session) {
+func (t *flowTable) bind(a netip.AddrPort, s *session, o *peer, now int64, max int) (res bindResult, f *flow, prev *session) {
 	sh := t.shard(a)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	old := sh.m[a]
-	if old != nil && old.sess == s {
+	if old != nil && old.sess == s && old.owner == o {
 		old.touch(now)
-		return bindExisting, nil
+		return bindExisting, old, nil
 	}
 	if old == nil {
 		if t.count.Load() >= int64(max) {
-			return bindFull, nil
+			return bindFull, nil, nil
 		}
 		t.count.Add(1)
 	} else {
-		prev = old.sess
+		if old.sess != s {
+			prev = old.sess
+		}
 		t.gen.Add(1)
 	}
-	f := &flow{sess: s}
+	f = &flow{sess: s, owner: o}
 	f.lastSeen.Store(now)
 	sh.m[a] = f
-	return bindNew, prev
+	return bindNew, f, prev
 }
 
 // unbind removes a's binding if it belongs to s.
@@ -135,6 +142,14 @@ func (t *flowTable) sweep(idleBefore, deadBefore int64, gone func(*session, neti
 		sh := &t.shards[i]
 		sh.mu.Lock()
 		for a, f := range sh.m {
+			if f.sess == nil { // a remote owner's flow
+				if f.owner.gone.Load() || f.lastSeen.Load() < idleBefore {
+					delete(sh.m, a)
+					t.count.Add(-1)
+					t.gen.Add(1)
+				}
+				continue
+			}
 			if c := f.sess.closedAt.Load(); c != 0 {
 				if c < deadBefore {
 					delete(sh.m, a)
