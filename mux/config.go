@@ -113,6 +113,9 @@ type Config struct {
 	Logger zerolog.Logger
 }
 
+// DefaultMaxSessions is Config.MaxSessions's default.
+const DefaultMaxSessions = 100_000
+
 // ProbeHandler answers health probes on the media port. HandleProbe runs on
 // a reader goroutine: it must not block, and must not keep req.
 type ProbeHandler interface {
@@ -148,7 +151,7 @@ func (c Config) withDefaults() (Config, error) {
 		c.UnboundQueueLen = 16
 	}
 	if c.MaxSessions == 0 {
-		c.MaxSessions = 100_000
+		c.MaxSessions = DefaultMaxSessions
 	}
 	if c.MaxAddrsPerSession == 0 {
 		c.MaxAddrsPerSession = 8

@@ -246,6 +246,24 @@ func (m *Mux) putBuf(b *pbuf) {
 	}
 }
 
+// Sessions is the number of live sessions.
+func (m *Mux) Sessions() int {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.nsessions
+}
+
+// Bound reports whether the port is open: nil until Close, then
+// net.ErrClosed.
+func (m *Mux) Bound() error {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	if m.closed {
+		return net.ErrClosed
+	}
+	return nil
+}
+
 // LocalAddr is the address the port is bound to.
 func (m *Mux) LocalAddr() net.Addr { return m.laddr }
 

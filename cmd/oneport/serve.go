@@ -1,13 +1,16 @@
 package main
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -15,6 +18,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/urfave/cli/v2"
 
+	"github.com/oneport/oneport/lbhealth"
 	"github.com/oneport/oneport/mux"
 	"github.com/oneport/oneport/sfu"
 	"github.com/oneport/oneport/sfu/web"
@@ -34,17 +38,27 @@ func serveCommand() *cli.Command {
 			&cli.IntFlag{Name: "sockets", EnvVars: env("sockets"),
 				Usage: "SO_REUSEPORT sockets on the media port (default: one per CPU)"},
 			&cli.IntFlag{Name: "max-sessions", EnvVars: env("max-sessions"),
-				Usage: "the most WebRTC sessions this node holds (default 100000)"},
+				Usage: "WebRTC sessions this node holds; readiness fails at the limit (default 100000)"},
 			&cli.IntFlag{Name: "queue-len", EnvVars: env("queue-len"),
 				Usage: "each session's receive queue in packets (default 512)"},
 			&cli.StringFlag{Name: "http", Value: ":8080", EnvVars: env("http"),
 				Usage: "WHIP, WHEP, events, JSON API, health, metrics and the demo page"},
+			&cli.StringFlag{Name: "health", EnvVars: env("health"),
+				Usage: "an extra listener with only /healthz, /readyz, /metrics and the admin endpoints, for private probes"},
 			&cli.DurationFlag{Name: "empty-timeout", EnvVars: env("empty-timeout"),
 				Usage: "how long an empty room lives (default 30s); rooms are never cleaned up by age"},
 			&cli.StringFlag{Name: "token", EnvVars: env("token"),
 				Usage: "bearer token required to publish and subscribe (default: none, open)"},
 			&cli.IntFlag{Name: "max-participants", EnvVars: env("max-participants"),
 				Usage: "publishers and subscribers this node accepts (default 10000)"},
+			&cli.StringFlag{Name: "admin-token", EnvVars: env("admin-token"),
+				Usage: "bearer token for POST /admin/drain and /admin/undrain (default: none, admin endpoints off)"},
+			&cli.DurationFlag{Name: "drain-timeout", Value: 10 * time.Minute, EnvVars: env("drain-timeout"),
+				Usage: "how long a drain waits for sessions to end before closing them"},
+			&cli.Float64Flag{Name: "max-cpu", EnvVars: env("max-cpu"),
+				Usage: "readiness fails above this share of all CPUs, 0..1 (default: no limit)"},
+			&cli.Float64Flag{Name: "max-packet-rate", EnvVars: env("max-packet-rate"),
+				Usage: "readiness fails above this many media packets/s in (default: no limit)"},
 			// Benchmarks only: the same server on pion's ice.NewUDPMuxDefault.
 			&cli.StringFlag{Name: "mux", Value: "oneport", EnvVars: env("mux"), Hidden: true,
 				Usage: "oneport, or pion (ice.NewUDPMuxDefault on one socket) for comparisons"},
@@ -79,6 +93,16 @@ func muxConfig(c *cli.Context, listen *net.UDPAddr) (mux.Config, error) {
 	return cfg, nil
 }
 
+// probe forwards the mux's health probes to lbhealth, which is built after
+// the mux it reports on.
+type probe struct{ h atomic.Pointer[lbhealth.Health] }
+
+func (p *probe) HandleProbe(req []byte, from netip.AddrPort, w mux.ProbeWriter) {
+	if h := p.h.Load(); h != nil {
+		h.HandleProbe(req, from, w)
+	}
+}
+
 func serve(c *cli.Context) error {
 	log, err := newLogger(c)
 	if err != nil {
@@ -92,7 +116,8 @@ func serve(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	cfg.Logger = log
+	var pr probe
+	cfg.Logger, cfg.Probe = log, &pr
 	m, err := mux.Listen(c.String("udp"), cfg)
 	if err != nil {
 		return err
@@ -102,8 +127,6 @@ func serve(c *cli.Context) error {
 	switch c.String("mux") {
 	case "oneport":
 	case "pion":
-		// Same port, same advertised address; the oneport mux stays open
-		// (and idle) only to hold the port number.
 		pm, err := pionMux(m, log)
 		if err != nil {
 			return err
@@ -127,36 +150,117 @@ func serve(c *cli.Context) error {
 	}
 	defer srv.Close()
 
-	httpLn, err := net.Listen("tcp", c.String("http"))
+	var servers []*http.Server
+	health, err := lbhealth.New(lbhealth.Config{
+		Sockets:       lbhealth.SocketsFunc(m.Bound),
+		Sessions:      lbhealth.SessionCounterFunc(m.Sessions),
+		Media:         lbhealth.MediaSourceFunc(func() lbhealth.MediaStats { return mediaStats(m.Stats()) }),
+		SFU:           lbhealth.SFUSourceFunc(func() lbhealth.SFUStats { return sfuStats(srv.Stats()) }),
+		MaxSessions:   cmp.Or(c.Int("max-sessions"), mux.DefaultMaxSessions),
+		MaxCPU:        c.Float64("max-cpu"),
+		MaxPacketRate: c.Float64("max-packet-rate"),
+		AdminToken:    c.String("admin-token"),
+		Drain: lbhealth.DrainConfig{
+			Timeout: c.Duration("drain-timeout"),
+			Hooks: []lbhealth.Hook{
+				{Name: "close signaling", Run: func(ctx context.Context) error { return shutdownHTTP(ctx, servers) }},
+				{Name: "close sessions", Run: func(context.Context) error { return srv.Close() }},
+				{Name: "close media port", Run: func(context.Context) error { return m.Close() }},
+			},
+		},
+		Version: buildVersion(),
+		Log:     log,
+	})
+	if err != nil {
+		return err
+	}
+	pr.h.Store(health)
+
+	errc := make(chan error, 2)
+	hs, err := startHTTP(c.String("http"), routes(srv, health), errc)
 	if err != nil {
 		return fmt.Errorf("--http: %w", err)
 	}
-	hs := sfu.NewHTTPServer(c.String("http"), routes(srv))
-	httpDone := make(chan error, 1)
-	go func() { httpDone <- hs.Serve(httpLn) }()
+	servers = append(servers, hs)
+	if addr := c.String("health"); addr != "" {
+		h2, err := startHTTP(addr, health.Handler(), errc)
+		if err != nil {
+			return fmt.Errorf("--health: %w", err)
+		}
+		servers = append(servers, h2)
+	}
 
 	var adv []string
 	for _, a := range m.GetListenAddresses() {
 		adv = append(adv, a.String())
 	}
 	log.Info().Str("version", buildVersion()).Stringer("udp", m.LocalAddr()).
-		Stringer("http", httpLn.Addr()).Strs("advertise", adv).Msg("oneport serving")
+		Str("http", hs.Addr).Strs("advertise", adv).Msg("oneport serving")
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	select {
-	case <-ctx.Done():
-		log.Info().Msg("signal received, shutting down")
-	case err := <-httpDone:
-		return fmt.Errorf("http server: %w", err)
+	// The first SIGTERM or SIGINT drains; a second one exits at once.
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	go func() {
+		drains := 0
+		for {
+			select {
+			case sig := <-sigs:
+				drains++
+				if drains > 1 {
+					cancel(fmt.Errorf("second signal %v", sig))
+					return
+				}
+				health.Drainer().Drain(sig.String())
+			case err := <-errc:
+				cancel(err)
+				return
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	res := health.Drainer().Run(ctx)
+	if res.ExitCode() != 0 {
+		shutdownHTTP(context.Background(), servers)
+		return cli.Exit(fmt.Sprintf("oneport: drain %v: %v", res.Outcome, res.Err), res.ExitCode())
 	}
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	// Event streams never end by themselves: Shutdown's deadline closes them.
-	if err := hs.Shutdown(shutdownCtx); err != nil {
-		hs.Close()
-	}
+	log.Info().Stringer("outcome", res.Outcome).Dur("waited", res.Waited).Msg("drained, exiting")
 	return nil
+}
+
+// startHTTP serves h on addr; a failure of the server lands in errc.
+func startHTTP(addr string, h http.Handler, errc chan<- error) (*http.Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	hs := sfu.NewHTTPServer(ln.Addr().String(), h)
+	go func() {
+		if err := hs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("http %s: %w", ln.Addr(), err)
+		}
+	}()
+	return hs, nil
+}
+
+// shutdownHTTP stops the listeners; event streams never end by themselves,
+// so a deadline closes what is left.
+func shutdownHTTP(ctx context.Context, servers []*http.Server) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	var errs []error
+	for _, hs := range servers {
+		if err := hs.Shutdown(ctx); err != nil {
+			hs.Close()
+			if !errors.Is(err, context.DeadlineExceeded) {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // pionMux opens pion's UDP mux for comparisons. It cannot share the port
@@ -174,13 +278,15 @@ func pionMux(m *mux.Mux, log zerolog.Logger) (*ice.UDPMuxDefault, error) {
 	return ice.NewUDPMuxDefault(ice.UDPMuxParams{UDPConn: uc}), nil
 }
 
-// routes mounts the signaling API and the demo page on one handler.
-func routes(srv *sfu.Server) http.Handler {
+// routes mounts the signaling API, health and metrics, and the demo page on
+// one handler.
+func routes(srv *sfu.Server, health *lbhealth.Health) http.Handler {
 	h := http.NewServeMux()
 	api := srv.Handler()
 	for _, p := range []string{"/whip/", "/whep/", "/rooms/", "/api/"} {
 		h.Handle(p, api)
 	}
+	health.Mount(h)
 	h.Handle("/", web.Handler())
 	return h
 }

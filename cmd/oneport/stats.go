@@ -1,0 +1,37 @@
+package main
+
+import (
+	"github.com/oneport/oneport/lbhealth"
+	"github.com/oneport/oneport/mux"
+	"github.com/oneport/oneport/sfu"
+)
+
+// mediaStats maps the mux's counters onto what lbhealth exports.
+func mediaStats(st mux.Stats) lbhealth.MediaStats {
+	var out lbhealth.MediaStats
+	for lc := lbhealth.Class(0); lc < lbhealth.NumClasses; lc++ {
+		for c := mux.Class(0); c < mux.NumClasses; c++ {
+			if c.String() == lc.String() {
+				out.In[lc] = lbhealth.Traffic{Packets: st.PacketsIn[c], Bytes: st.BytesIn[c]}
+				out.Out[lc] = lbhealth.Traffic{Packets: st.PacketsOut[c], Bytes: st.BytesOut[c]}
+			}
+		}
+	}
+	for r := mux.DropReason(0); r < mux.NumDropReasons; r++ {
+		if st.Drops[r] != 0 {
+			out.Drops = append(out.Drops, lbhealth.DropCount{Reason: r.String(), Packets: st.Drops[r]})
+		}
+	}
+	out.Flows = uint64(st.Flows)
+	return out
+}
+
+func sfuStats(st sfu.Stats) lbhealth.SFUStats {
+	return lbhealth.SFUStats{
+		Rooms:        uint64(st.Rooms),
+		Participants: uint64(st.Participants),
+		Tracks:       uint64(st.Tracks),
+		Subscribers:  uint64(st.Subscribers),
+		Forwarded:    lbhealth.Traffic{Packets: st.ForwardedPackets, Bytes: st.ForwardedBytes},
+	}
+}
