@@ -12,11 +12,23 @@
 // getrusage(RUSAGE_SELF) is the receiver's own. Programs that call RunMux
 // must call MaybeRunSender first thing in main (or TestMain).
 //
+// RunFanout measures the SFU the way it is used: one publisher (VP8 at about
+// 2 Mbit/s, 200 packets/s, and Opus at 50 packets/s) to N subscribers, N
+// stepped up until loss reaches 1 % or the publisher's packets grow late,
+// against the same server on pion's mux and on oneport's, in one run. The
+// server, the publisher and the subscribers (many pion PeerConnections per
+// process) are child processes, the current binary re-executed with
+// ChildEnv set; the server samples its own CPU and counters at the bounds
+// of each measured window, the clients count every packet by the send time
+// and counter in its payload, so loss and one-way latency (same clock) are
+// exact for the window whenever the packets arrive. MaybeRunSender also
+// runs these children.
+//
 // Invariants:
 //   - Traffic goes only to 127.0.0.1 or ::1.
 //   - Everything is bounded: sessions, sockets, durations, waits. Every
-//     sender process is killed by PID on every exit path, and exits by
-//     itself when its stdin closes or its deadline passes.
+//     sender or child process is killed by PID on every exit path, and
+//     exits by itself when its stdin closes or its deadline passes.
 //   - Delivered packets are counted by the session readers, and only RTP
 //     carrying the session's own SSRC counts, so a misrouted packet shows up
 //     as misrouted rather than as delivered.

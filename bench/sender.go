@@ -25,10 +25,12 @@ import (
 const SenderEnv = "ONEPORT_BENCH_SENDER"
 
 // MaybeRunSender runs this process as a bench sender and exits, when
-// SenderEnv is "1" (RunMux starts its senders that way); otherwise it
-// returns at once. Call it first thing in main and in TestMain of any
-// package that calls RunMux.
+// SenderEnv is "1" (RunMux starts its senders that way), or as a fan-out
+// child when ChildEnv names a role (RunFanout's server and clients);
+// otherwise it returns at once. Call it first thing in main and in TestMain
+// of any package that calls RunMux or RunFanout.
 func MaybeRunSender() {
+	maybeRunChild()
 	if os.Getenv(SenderEnv) != "1" {
 		return
 	}

@@ -95,7 +95,9 @@ func muxConfig(c *cli.Context, listen *net.UDPAddr) (mux.Config, error) {
 
 // probe forwards the mux's health probes to lbhealth, which is built after
 // the mux it reports on.
-type probe struct{ h atomic.Pointer[lbhealth.Health] }
+type probe struct {
+	h atomic.Pointer[lbhealth.Health]
+}
 
 func (p *probe) HandleProbe(req []byte, from netip.AddrPort, w mux.ProbeWriter) {
 	if h := p.h.Load(); h != nil {
