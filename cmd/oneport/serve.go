@@ -18,6 +18,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/urfave/cli/v2"
 
+	"github.com/oneport/oneport/cluster"
 	"github.com/oneport/oneport/lbhealth"
 	"github.com/oneport/oneport/mux"
 	"github.com/oneport/oneport/sfu"
@@ -59,6 +60,18 @@ func serveCommand() *cli.Command {
 				Usage: "readiness fails above this share of all CPUs, 0..1 (default: no limit)"},
 			&cli.Float64Flag{Name: "max-packet-rate", EnvVars: env("max-packet-rate"),
 				Usage: "readiness fails above this many media packets/s in (default: no limit)"},
+			&cli.StringFlag{Name: "node-name", EnvVars: env("node-name"),
+				Usage: "this node's unique name in the cluster (default: the hostname)"},
+			&cli.StringFlag{Name: "gossip", Value: ":7946", EnvVars: env("gossip"),
+				Usage: "memberlist gossip address (TCP and UDP), on the internal network"},
+			&cli.StringFlag{Name: "relay", Value: ":7947", EnvVars: env("relay"),
+				Usage: "UDP address of the relay that carries client packets between nodes, on the internal network"},
+			&cli.StringFlag{Name: "advertise", EnvVars: env("advertise"),
+				Usage: "the internal IP other nodes reach this one at for gossip, relay and HTTP (default: a private address of this host)"},
+			&cli.StringSliceFlag{Name: "join", EnvVars: env("join"),
+				Usage: "members to join, host:port; a DNS name joins every address it resolves to (default: none, a cluster of one)"},
+			&cli.StringFlag{Name: "cluster-key", EnvVars: env("cluster-key"),
+				Usage: "shared secret: gossip encrypted and authenticated, relay frames authenticated (default: none; trust the internal network)"},
 			// Benchmarks only: the same server on pion's ice.NewUDPMuxDefault.
 			&cli.StringFlag{Name: "mux", Value: "oneport", EnvVars: env("mux"), Hidden: true,
 				Usage: "oneport, or pion (ice.NewUDPMuxDefault on one socket) for comparisons"},
@@ -119,7 +132,10 @@ func serve(c *cli.Context) error {
 		return err
 	}
 	var pr probe
+	id := cluster.NewIdentity()
+	clusterKey := []byte(c.String("cluster-key"))
 	cfg.Logger, cfg.Probe = log, &pr
+	cfg.Tag, cfg.Relay, cfg.RelayKey = id.Tag, c.String("relay"), cluster.RelayKey(clusterKey)
 	m, err := mux.Listen(c.String("udp"), cfg)
 	if err != nil {
 		return err
@@ -140,7 +156,12 @@ func serve(c *cli.Context) error {
 	}
 
 	srv, err := sfu.New(sfu.Config{
-		UDPMux:          udpMux,
+		UDPMux: udpMux,
+		// Every ufrag carries this node's tag, so any node routes to it.
+		NewICECredentials: func() (string, string) {
+			u, _ := mux.NewUfrag(mux.UfragPrefix(id.Tag)) // a valid tag always fits
+			return u, mux.NewPassword()
+		},
 		EmptyTimeout:    c.Duration("empty-timeout"),
 		Token:           c.String("token"),
 		MaxParticipants: c.Int("max-participants"),
@@ -152,12 +173,50 @@ func serve(c *cli.Context) error {
 	}
 	defer srv.Close()
 
+	advertise := c.String("advertise")
+	if advertise == "" {
+		advertise = defaultAdvertise(listen)
+	}
+	httpPort := "8080"
+	if _, p, err := net.SplitHostPort(c.String("http")); err == nil && p != "0" {
+		httpPort = p
+	}
+	node, err := cluster.New(cluster.Config{
+		Identity:  id,
+		NodeName:  c.String("node-name"),
+		Gossip:    c.String("gossip"),
+		Advertise: advertise,
+		Join:      c.StringSlice("join"),
+		Key:       clusterKey,
+		Relay:     m,
+		RelayPort: m.RelayAddr().(*net.UDPAddr).Port,
+		HTTP:      net.JoinHostPort(advertise, httpPort),
+		Load: func() cluster.Load {
+			st := srv.Stats()
+			return cluster.Load{Sessions: m.Sessions(), Rooms: st.Rooms}
+		},
+		Build:  buildVersion(),
+		Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	defer node.Close()
+	var membership lbhealth.Membership
+	if len(c.StringSlice("join")) > 0 {
+		membership = lbhealth.MembershipFunc(node.Joined)
+	}
+
 	var servers []*http.Server
 	health, err := lbhealth.New(lbhealth.Config{
-		Sockets:       lbhealth.SocketsFunc(m.Bound),
-		Sessions:      lbhealth.SessionCounterFunc(m.Sessions),
-		Media:         lbhealth.MediaSourceFunc(func() lbhealth.MediaStats { return mediaStats(m.Stats()) }),
-		SFU:           lbhealth.SFUSourceFunc(func() lbhealth.SFUStats { return sfuStats(srv.Stats()) }),
+		Cluster:  membership,
+		Sockets:  lbhealth.SocketsFunc(m.Bound),
+		Sessions: lbhealth.SessionCounterFunc(m.Sessions),
+		Media:    lbhealth.MediaSourceFunc(func() lbhealth.MediaStats { return mediaStats(m.Stats()) }),
+		SFU:      lbhealth.SFUSourceFunc(func() lbhealth.SFUStats { return sfuStats(srv.Stats()) }),
+		ClusterStats: lbhealth.ClusterSourceFunc(func() lbhealth.ClusterStats {
+			return clusterStats(node.Members(), m.Stats())
+		}),
 		MaxSessions:   cmp.Or(c.Int("max-sessions"), mux.DefaultMaxSessions),
 		MaxCPU:        c.Float64("max-cpu"),
 		MaxPacketRate: c.Float64("max-packet-rate"),
@@ -165,6 +224,7 @@ func serve(c *cli.Context) error {
 		Drain: lbhealth.DrainConfig{
 			Timeout: c.Duration("drain-timeout"),
 			Hooks: []lbhealth.Hook{
+				{Name: "leave cluster", Run: func(context.Context) error { return node.Close() }},
 				{Name: "close signaling", Run: func(ctx context.Context) error { return shutdownHTTP(ctx, servers) }},
 				{Name: "close sessions", Run: func(context.Context) error { return srv.Close() }},
 				{Name: "close media port", Run: func(context.Context) error { return m.Close() }},
@@ -177,6 +237,7 @@ func serve(c *cli.Context) error {
 		return err
 	}
 	pr.h.Store(health)
+	go announceDraining(health.Drainer(), node)
 
 	errc := make(chan error, 2)
 	hs, err := startHTTP(c.String("http"), routes(srv, health), errc)
@@ -231,6 +292,47 @@ func serve(c *cli.Context) error {
 	}
 	log.Info().Stringer("outcome", res.Outcome).Dur("waited", res.Waited).Msg("drained, exiting")
 	return nil
+}
+
+// announceDraining keeps the cluster meta's draining flag in step with the
+// drainer, so no new room is placed on a draining node. It ends when the
+// drain finishes.
+func announceDraining(d *lbhealth.Drainer, node *cluster.Node) {
+	for {
+		draining, changed := d.Watch()
+		node.SetDraining(draining)
+		if d.State() == lbhealth.StateDone {
+			return
+		}
+		<-changed
+	}
+}
+
+// defaultAdvertise picks the internal address to announce: the media
+// port's IP when it is specific, else a private address of this host, else
+// loopback (a cluster of one).
+func defaultAdvertise(listen *net.UDPAddr) string {
+	if listen.IP != nil && !listen.IP.IsUnspecified() {
+		return listen.IP.String()
+	}
+	addrs, _ := net.InterfaceAddrs()
+	var global string
+	for _, a := range addrs {
+		ipn, ok := a.(*net.IPNet)
+		if !ok || ipn.IP.To4() == nil || ipn.IP.IsLoopback() {
+			continue
+		}
+		if ipn.IP.IsPrivate() {
+			return ipn.IP.String()
+		}
+		if global == "" && ipn.IP.IsGlobalUnicast() {
+			global = ipn.IP.String()
+		}
+	}
+	if global != "" {
+		return global
+	}
+	return "127.0.0.1"
 }
 
 // startHTTP serves h on addr; a failure of the server lands in errc.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"github.com/oneport/oneport/cluster"
 	"github.com/oneport/oneport/lbhealth"
 	"github.com/oneport/oneport/mux"
 	"github.com/oneport/oneport/sfu"
@@ -34,4 +35,23 @@ func sfuStats(st sfu.Stats) lbhealth.SFUStats {
 		Subscribers:  uint64(st.Subscribers),
 		Forwarded:    lbhealth.Traffic{Packets: st.ForwardedPackets, Bytes: st.ForwardedBytes},
 	}
+}
+
+// clusterStats maps the membership and the mux's relay counters onto what
+// lbhealth exports.
+func clusterStats(members []cluster.Member, st mux.Stats) lbhealth.ClusterStats {
+	var out lbhealth.ClusterStats
+	for _, m := range members {
+		for s := lbhealth.MemberState(0); s < lbhealth.NumMemberStates; s++ {
+			if s.String() == m.State {
+				out.Members[s]++
+			}
+		}
+		if m.State == "alive" && m.Meta.Draining {
+			out.Draining++
+		}
+	}
+	out.RelayIn = lbhealth.Traffic{Packets: st.RelayFramesIn, Bytes: st.RelayBytesIn}
+	out.RelayOut = lbhealth.Traffic{Packets: st.RelayFramesOut, Bytes: st.RelayBytesOut}
+	return out
 }
