@@ -44,7 +44,12 @@ func (h *Health) Mount(m *http.ServeMux) {
 	if h.cfg.AdminToken != "" {
 		m.HandleFunc("POST "+PathDrain, h.admin(h.serveDrain))
 		m.HandleFunc("POST "+PathUndrain, h.admin(h.serveUndrain))
+		return
 	}
+	// Disabled means 404 on m, not whatever a catch-all mounted beside
+	// these routes answers (the CLI's demo page at "/" answers POST with 405).
+	m.Handle(PathDrain, http.NotFoundHandler())
+	m.Handle(PathUndrain, http.NotFoundHandler())
 }
 
 func (h *Health) serveHealthz(w http.ResponseWriter, _ *http.Request) {

@@ -164,14 +164,23 @@ func TestUndrainAfterFinishHTTP(t *testing.T) {
 	}
 }
 
+// TestAdminAbsentWithoutToken: without a token the admin paths answer 404,
+// also when Mount shares its mux with a catch-all (the CLI mounts the demo
+// page at "/", which answers POST with 405).
 func TestAdminAbsentWithoutToken(t *testing.T) {
 	verifyNoLeaks(t)
 	h, _ := newHealth(t, nil)
-	r := startHTTP(t, h.Handler())
-	for _, path := range []string{PathDrain, PathUndrain} {
-		for _, auth := range []string{"", "Bearer ", "Bearer x"} {
-			if code, _, _ := r.do(t, http.MethodPost, path, auth); code != http.StatusNotFound {
-				t.Errorf("POST %s (%q) without a token configured: %d", path, auth, code)
+	shared := http.NewServeMux()
+	h.Mount(shared)
+	shared.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
+		http.Error(w, "catch-all", http.StatusMethodNotAllowed)
+	})
+	for _, r := range []*httpRig{startHTTP(t, h.Handler()), startHTTP(t, shared)} {
+		for _, path := range []string{PathDrain, PathUndrain} {
+			for _, auth := range []string{"", "Bearer ", "Bearer x"} {
+				if code, _, _ := r.do(t, http.MethodPost, path, auth); code != http.StatusNotFound {
+					t.Errorf("POST %s (%q) without a token configured: %d", path, auth, code)
+				}
 			}
 		}
 	}
