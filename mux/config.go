@@ -62,7 +62,8 @@ type Config struct {
 	SweepInterval time.Duration
 
 	// WriteQueueLen bounds each socket's send queue, used only while another
-	// goroutine is inside a send on that socket. Zero means 1024.
+	// goroutine is inside a send on that socket; when it is full, writers
+	// wait for the socket. Zero means 1024.
 	WriteQueueLen int
 
 	// SocketBuffer is the requested SO_RCVBUF and SO_SNDBUF in bytes (as

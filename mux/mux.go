@@ -448,7 +448,6 @@ func (m *Mux) Stats() Stats {
 			st.RelayFramesOut += r.wr.stats.packets[i].Load()
 			st.RelayBytesOut += r.wr.stats.bytes[i].Load()
 		}
-		st.Drops[DropWriteQueue] += r.wr.stats.drops[DropWriteQueue].Load()
 		st.Drops[DropWriteError] += r.wr.stats.drops[DropWriteError].Load()
 		st.Peers = len(m.peers.Load().all)
 	}

@@ -17,7 +17,6 @@ const (
 	DropUnboundLimit                     // too many datagrams queued for a session from unbound addresses
 	DropTruncated                        // datagram larger than Config.MaxPacketSize
 	DropTableFull                        // a session could not bind an address: flow table full
-	DropWriteQueue                       // the send queue was full
 	DropWriteError                       // the kernel refused a send
 	DropReadError                        // the kernel reported a receive error
 	DropNoRoute                          // a flow's owner left, or a relayed datagram would be relayed again
@@ -30,7 +29,7 @@ const (
 var dropNames = [NumDropReasons]string{
 	"unknown_address", "junk", "not_request", "unknown_ufrag", "probe",
 	"closed_session", "queue_full", "unbound_limit", "truncated",
-	"table_full", "write_queue_full", "write_error", "read_error",
+	"table_full", "write_error", "read_error",
 	"no_route", "relay_not_member", "relay_auth", "relay_malformed",
 }
 

@@ -40,41 +40,44 @@ func (w *writer) init(s *socket) {
 	w.out = make([]outPkt, 0, n+1)
 }
 
-// write sends b to `to` or queues it. Like a UDP socket it reports success
-// for a datagram it later drops (counted) because the queue was full.
+// write sends b to `to`, or queues a copy while another goroutine is inside
+// a send. When the queue is full it waits for the socket, as a blocking
+// send on a full socket buffer would, rather than drop a datagram the
+// kernel would take: the queue bounds memory, callers get backpressure.
 func (w *writer) write(b []byte, to netip.AddrPort) (int, error) {
-	if w.sendMu.TryLock() {
-		var err error
-		if w.pending.Load() == 0 {
-			err = w.sendOneLocked(b, to)
-		} else {
-			err = w.sendQueueLocked(outPkt{b: b, to: to})
+	if !w.sendMu.TryLock() {
+		if w.enqueue(b, to) {
+			w.flush()
+			return len(b), nil
 		}
-		w.sendMu.Unlock()
-		w.flush()
-		if err != nil {
-			return 0, err
-		}
-		return len(b), nil
+		w.sendMu.Lock()
 	}
-	w.enqueue(b, to)
+	var err error
+	if w.pending.Load() == 0 {
+		err = w.sendOneLocked(b, to)
+	} else {
+		err = w.sendQueueLocked(outPkt{b: b, to: to})
+	}
+	w.sendMu.Unlock()
 	w.flush()
+	if err != nil {
+		return 0, err
+	}
 	return len(b), nil
 }
 
-func (w *writer) enqueue(b []byte, to netip.AddrPort) {
+// enqueue queues a copy of b; false when the queue is full.
+func (w *writer) enqueue(b []byte, to netip.AddrPort) bool {
+	w.qmu.Lock()
+	defer w.qmu.Unlock()
+	if len(w.q) >= cap(w.q) {
+		return false
+	}
 	buf := w.s.m.getBufFor(len(b))
 	n := copy(buf.b, b)
-	w.qmu.Lock()
-	if len(w.q) >= cap(w.q) {
-		w.qmu.Unlock()
-		w.s.m.putBuf(buf)
-		w.stats.drop(DropWriteQueue)
-		return
-	}
 	w.q = append(w.q, outPkt{b: buf.b[:n], buf: buf, to: to})
 	w.pending.Store(int32(len(w.q)))
-	w.qmu.Unlock()
+	return true
 }
 
 // flush sends what is queued unless another goroutine holds the socket; that
