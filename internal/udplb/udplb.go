@@ -33,10 +33,10 @@ type Balancer struct {
 	upstream netip.Addr // the address upstream sockets bind to
 
 	mu       sync.Mutex
-	backends []netip.AddrPort                // guarded by mu
-	flows    map[netip.AddrPort]*flowState   // guarded by mu: by client address
-	seed     maphash.Seed                    // guarded by mu
-	down     map[netip.AddrPort]bool         // guarded by mu: backends taken out
+	backends []netip.AddrPort              // guarded by mu
+	flows    map[netip.AddrPort]*flowState // guarded by mu: by client address
+	seed     maphash.Seed                  // guarded by mu
+	down     map[netip.AddrPort]bool       // guarded by mu: backends taken out
 
 	// Counters.
 	Forwarded, Returned, Stray atomic.Uint64
@@ -47,7 +47,7 @@ type Balancer struct {
 
 type flowState struct {
 	client  netip.AddrPort
-	up      *net.UDPConn   // the client's upstream socket: its address is what nodes see
+	up      *net.UDPConn // the client's upstream socket: its address is what nodes see
 	backend atomic.Pointer[netip.AddrPort]
 }
 
