@@ -176,6 +176,20 @@ func (b *Balancer) Backend(client netip.AddrPort) (netip.AddrPort, bool) {
 	return netip.AddrPort{}, false
 }
 
+// OnlyClient returns the client address when the balancer tracks exactly
+// one flow.
+func (b *Balancer) OnlyClient() (netip.AddrPort, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.flows) != 1 {
+		return netip.AddrPort{}, false
+	}
+	for a := range b.flows {
+		return a, true
+	}
+	return netip.AddrPort{}, false
+}
+
 // Rehash draws a new hash seed and moves every live flow to the backend it
 // now hashes to (some stay). It returns how many moved.
 func (b *Balancer) Rehash() int {
