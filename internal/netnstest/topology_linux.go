@@ -229,11 +229,13 @@ func (t *Topology) build() error {
 	}
 	// Forward between the bridges. If br_netfilter is loaded, keep bridged
 	// node-to-node frames out of the IP hooks, as on a plain switch.
-	if _, err := lb.Run("sysctl", "-qw", "net.ipv4.ip_forward=1"); err != nil {
+	// (Written through /proc/sys, which shows the writer's namespace, so
+	// that no sysctl binary is needed.)
+	if _, err := lb.Run("sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"); err != nil {
 		return err
 	}
 	if _, err := os.Stat("/proc/sys/net/bridge/bridge-nf-call-iptables"); err == nil {
-		if _, err := lb.Run("sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0"); err != nil {
+		if _, err := lb.Run("sh", "-c", "echo 0 > /proc/sys/net/bridge/bridge-nf-call-iptables"); err != nil {
 			return err
 		}
 	}
