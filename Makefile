@@ -4,7 +4,7 @@ GO        ?= go
 BIN       ?= bin/oneport
 FUZZTIME  ?= 25s
 # Packages whose tests run under the race detector in `make test`.
-RACE_PKGS ?= ./mux/... ./lbhealth/... ./sfu/... ./bench/...
+RACE_PKGS ?= ./mux/... ./lbhealth/... ./sfu/... ./bench/... ./cluster/... ./e2e/cluster/...
 
 .PHONY: build run test test-race test-rest bench fuzz lint
 
@@ -23,7 +23,7 @@ test-race:
 	$(GO) test -race -count=1 -timeout 15m $(RACE_PKGS)
 
 test-rest:
-	$(GO) test -count=1 -timeout 15m $$($(GO) list ./... | grep -v -e /mux -e /lbhealth -e /sfu -e /bench)
+	$(GO) test -count=1 -timeout 15m $$($(GO) list ./... | grep -v -e /mux -e /lbhealth -e /sfu -e /bench -e /cluster)
 
 # Benchmarks: the demux step alone, then the three receivers in one run.
 bench: build

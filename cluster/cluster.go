@@ -6,9 +6,9 @@ import (
 	"io"
 	"log"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
-	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -79,6 +79,36 @@ type Config struct {
 
 	// Logger receives cluster events. The zero Logger discards.
 	Logger zerolog.Logger
+
+	// MaxRooms bounds the rooms this node owns (Claim fails beyond) and
+	// the rooms it accepts from any other owner. Zero means 10000.
+	MaxRooms int
+
+	// OnRoomLost is called when this node gave a room up to an earlier
+	// claim by another node (two nodes created it at once): the sessions
+	// it holds for the room must end, with reason. It runs on a goroutine
+	// of the Node, one call at a time. Nil: nothing is called.
+	OnRoomLost func(room, reason string)
+
+	// LocalRooms lists the rooms this node's sfu holds. When set, the
+	// directory is reconciled with it every ReconcileInterval: a room
+	// claimed more than ClaimGrace ago that the sfu does not hold is
+	// released (a request that claimed it failed), and a room the sfu
+	// holds that this node does not own is claimed, or handed to
+	// OnRoomLost when another node owns it. Nil: no reconciliation.
+	LocalRooms func() []string
+
+	// ReconcileInterval is how often LocalRooms is checked. Zero means 2s.
+	ReconcileInterval time.Duration
+
+	// ClaimGrace is how long a claimed room may be absent from LocalRooms
+	// (the request that claimed it is still being served). Zero means 30s.
+	ClaimGrace time.Duration
+
+	// ProxyTimeout bounds connecting to the owner of a room and waiting
+	// for its response headers when proxying signaling. Zero means 30s
+	// (an answer waits for candidate gathering).
+	ProxyTimeout time.Duration
 }
 
 var (
@@ -109,6 +139,18 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Profile == "" {
 		c.Profile = "lan"
 	}
+	if c.MaxRooms == 0 {
+		c.MaxRooms = 10000
+	}
+	if c.ReconcileInterval == 0 {
+		c.ReconcileInterval = 2 * time.Second
+	}
+	if c.ClaimGrace == 0 {
+		c.ClaimGrace = 30 * time.Second
+	}
+	if c.ProxyTimeout == 0 {
+		c.ProxyTimeout = 30 * time.Second
+	}
 	switch {
 	case c.Relay == nil:
 		return c, fmt.Errorf("%w: Relay is required", ErrInvalidConfig)
@@ -118,17 +160,20 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("%w: Identity %+v", ErrInvalidConfig, c.Identity)
 	case c.Profile != "lan" && c.Profile != "local":
 		return c, fmt.Errorf("%w: Profile %q", ErrInvalidConfig, c.Profile)
-	case c.LoadInterval < 0:
-		return c, fmt.Errorf("%w: negative LoadInterval", ErrInvalidConfig)
+	case c.LoadInterval < 0, c.MaxRooms < 0, c.ReconcileInterval < 0, c.ClaimGrace < 0, c.ProxyTimeout < 0:
+		return c, fmt.Errorf("%w: negative value", ErrInvalidConfig)
 	}
 	return c, nil
 }
 
 // Node is this process's membership in the cluster.
 type Node struct {
-	cfg Config
-	log zerolog.Logger
-	ml  *memberlist.Memberlist
+	cfg     Config
+	log     zerolog.Logger
+	ml      *memberlist.Memberlist
+	dir     *directory      // the room directory (directory.go)
+	members memberTable     // what memberlist's events said (members.go)
+	proxy   *http.Transport // signaling to other nodes (signaling.go)
 
 	mu       sync.Mutex
 	meta     Meta // guarded by mu: what NodeMeta announces
@@ -159,6 +204,8 @@ func New(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	n.dir = newDirectory(cfg.NodeName, cfg.Identity.ID, cfg.MaxRooms, mc.RetransmitMult, n.log)
+	n.proxy = newProxyTransport(cfg.ProxyTimeout)
 	if n.ml, err = memberlist.Create(mc); err != nil {
 		return nil, fmt.Errorf("cluster: start gossip on %s: %w", cfg.Gossip, err)
 	}
@@ -188,8 +235,9 @@ func New(cfg Config) (*Node, error) {
 		n.shutdown()
 		return nil, err
 	}
-	n.wg.Add(1)
+	n.wg.Add(2)
 	go n.run()
+	go n.runDirectory()
 	return n, nil
 }
 
@@ -270,12 +318,12 @@ func (n *Node) advertiseAddr() netip.Addr {
 
 // checkTag fails when another live member announces this node's tag.
 func (n *Node) checkTag() error {
-	for _, m := range n.ml.Members() {
-		if m.Name == n.cfg.NodeName || m.State != memberlist.StateAlive {
+	for _, m := range n.members.list() {
+		if m.name == n.cfg.NodeName || m.state != memberlist.StateAlive {
 			continue
 		}
-		if meta, err := decodeMeta(m.Meta); err == nil && meta.Tag == n.cfg.Identity.Tag {
-			return fmt.Errorf("%w: %q (node %s)", ErrDuplicateTag, meta.Tag, m.Name)
+		if meta, err := decodeMeta(m.meta); err == nil && meta.Tag == n.cfg.Identity.Tag {
+			return fmt.Errorf("%w: %q (node %s)", ErrDuplicateTag, meta.Tag, m.name)
 		}
 	}
 	return nil
@@ -293,20 +341,10 @@ type Member struct {
 // Members lists every node memberlist knows, this one included.
 func (n *Node) Members() []Member {
 	var out []Member
-	for _, m := range n.ml.Members() {
-		meta, _ := decodeMeta(m.Meta)
-		a, _ := netip.AddrFromSlice(m.Addr)
-		out = append(out, Member{Name: m.Name, Addr: a.Unmap(), State: stateName(m.State), Meta: meta, Self: m.Name == n.cfg.NodeName})
+	for _, m := range n.members.list() {
+		meta, _ := decodeMeta(m.meta)
+		out = append(out, Member{Name: m.name, Addr: m.addr, State: stateName(m.state), Meta: meta, Self: m.name == n.cfg.NodeName})
 	}
-	slices.SortFunc(out, func(a, b Member) int {
-		switch {
-		case a.Name < b.Name:
-			return -1
-		case a.Name > b.Name:
-			return 1
-		}
-		return 0
-	})
 	return out
 }
 
@@ -382,21 +420,21 @@ func (n *Node) run() {
 func (n *Node) syncPeers() error {
 	var peers []mux.Peer
 	seen := map[string]bool{n.cfg.Identity.Tag: true}
-	for _, m := range n.ml.Members() {
-		if m.Name == n.cfg.NodeName || m.State != memberlist.StateAlive {
+	for _, m := range n.members.list() {
+		if m.name == n.cfg.NodeName || m.state != memberlist.StateAlive {
 			continue
 		}
-		meta, err := decodeMeta(m.Meta)
+		meta, err := decodeMeta(m.meta)
 		if err != nil {
-			n.log.Warn().Err(err).Str("node", m.Name).Msg("ignoring member")
+			n.log.Warn().Err(err).Str("node", m.name).Msg("ignoring member")
 			continue
 		}
 		if seen[meta.Tag] {
-			n.log.Error().Str("node", m.Name).Str("tag", meta.Tag).Msg("member repeats a tag; not routing to it")
+			n.log.Error().Str("node", m.name).Str("tag", meta.Tag).Msg("member repeats a tag; not routing to it")
 			continue
 		}
 		seen[meta.Tag] = true
-		peers = append(peers, mux.Peer{Name: m.Name, Tag: meta.Tag, Relay: meta.Relay})
+		peers = append(peers, mux.Peer{Name: m.name, Tag: meta.Tag, Relay: meta.Relay})
 	}
 	return n.cfg.Relay.SetPeers(peers)
 }
@@ -438,6 +476,7 @@ func (n *Node) shutdown() error {
 		close(n.closing)
 		n.shutErr = n.ml.Shutdown()
 		n.wg.Wait()
+		n.proxy.CloseIdleConnections()
 	})
 	return n.shutErr
 }

@@ -97,6 +97,13 @@ type Config struct {
 	// IncludeLoopback lets loopback addresses be ICE candidates (tests on
 	// 127.0.0.1). Default false.
 	IncludeLoopback bool
+
+	// OnRoomEnded is called when a room ends (empty for EmptyTimeout, or
+	// EndRoom), after it is gone from the server, with no lock held; a
+	// cluster node releases its ownership there. It runs on the sweeper's
+	// or EndRoom's caller's goroutine and should not block. Default: nil,
+	// nothing is called.
+	OnRoomEnded func(room string)
 }
 
 // ErrConfig is returned (wrapped) by New for an invalid Config.

@@ -22,7 +22,8 @@
 //   - Every goroutine is owned: per-participant goroutines by participant.wg,
 //     detached clean-ups and the sweeper by Server.wg. Close waits for both.
 //   - A room exists while it has participants or event watchers, and ends only
-//     after EmptyTimeout empty. There is no age-based clean-up.
+//     after EmptyTimeout empty, or when EndRoom ends it (a cluster node that
+//     lost the room to another). There is no age-based clean-up.
 //   - A participant removed (DELETE, ICE failure or consent expiry, Close) has
 //     its PeerConnection closed (which releases its ufrag on the mux), its
 //     tracks unpublished, its downTracks unlinked and its goroutines ended.

@@ -267,7 +267,10 @@ func (s *Server) publish(roomName, offer string) (*participant, string, error) {
 		s.discard(p)
 		return nil, "", err
 	}
-	r.join(p)
+	if !r.join(p) {
+		s.remove(p, "room ended while joining")
+		return nil, "", fmt.Errorf("%w: room %q ended while joining", ErrClosed, roomName)
+	}
 	s.log.Info().Str("room", roomName).Str("participant", p.id).Msg("publisher joined")
 	return p, answer, nil
 }
@@ -328,7 +331,10 @@ func (s *Server) subscribe(roomName, offer, publisher string) (*participant, str
 		return nil, "", err
 	}
 	p.spawn(p.writeLoop)
-	r.join(p)
+	if !r.join(p) {
+		s.remove(p, "room ended while joining")
+		return nil, "", fmt.Errorf("%w: room %q ended while joining", ErrClosed, roomName)
+	}
 	s.log.Info().Str("room", roomName).Str("participant", p.id).Int("tracks", len(assigned)).Msg("subscriber joined")
 	return p, answer, nil
 }

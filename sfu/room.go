@@ -123,14 +123,18 @@ func (r *room) unwatch(w *watcher) {
 	r.dropWatcherLocked(w)
 }
 
-// join adds p to the room (its join was counted in pending).
-func (r *room) join(p *participant) {
+// join adds p to the room (its join was counted in pending); false when
+// the room ended meanwhile (EndRoom), and p must be removed.
+func (r *room) join(p *participant) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.pending--
+	if r.ended {
+		return false
+	}
 	if p.removed { // closed while joining
 		r.markEmptyLocked()
-		return
+		return true
 	}
 	r.participants = append(r.participants, p)
 	r.emitLocked("participant-joined", ParticipantEvent{Participant: p.id, Role: p.role.String()})
@@ -140,6 +144,7 @@ func (r *room) join(p *participant) {
 			d.src.addDownLocked(d)
 		}
 	}
+	return true
 }
 
 // abandon undoes a pending join that failed.

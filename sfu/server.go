@@ -246,17 +246,89 @@ func (s *Server) sweepLoop() {
 // sweep removes rooms that have been empty (no participant, no watcher, no
 // join in progress) for EmptyTimeout at time now. Nothing else ends a room.
 func (s *Server) sweep(now time.Time) {
+	var ended []string
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	for name, r := range s.rooms {
 		r.mu.Lock()
 		if r.emptyLocked() && !r.emptySince.IsZero() && now.Sub(r.emptySince) >= s.cfg.EmptyTimeout {
 			r.ended = true
 			delete(s.rooms, name)
+			ended = append(ended, name)
 			s.log.Info().Str("room", name).Msg("room ended: empty")
 		}
 		r.mu.Unlock()
 	}
+	s.mu.Unlock()
+	for _, name := range ended {
+		s.roomEnded(name)
+	}
+}
+
+func (s *Server) roomEnded(name string) {
+	if s.cfg.OnRoomEnded != nil {
+		s.cfg.OnRoomEnded(name)
+	}
+}
+
+// RoomEndedEvent is the data of the room-ended event, the last one an
+// events stream gets when EndRoom ends its room.
+type RoomEndedEvent struct {
+	Room   string `json:"room"`
+	Reason string `json:"reason"`
+}
+
+// EndRoom ends the room named name at once: its event streams get a
+// room-ended event with reason and close, every participant is removed
+// (their PeerConnections closed), joins in progress fail, and OnRoomEnded
+// is called. A later request for the name creates a new room. ErrNotFound
+// when there is no such room.
+func (s *Server) EndRoom(name, reason string) error {
+	s.mu.Lock()
+	r := s.rooms[name]
+	if r == nil {
+		s.mu.Unlock()
+		return fmt.Errorf("%w: room %q", ErrNotFound, name)
+	}
+	delete(s.rooms, name)
+	r.mu.Lock()
+	r.ended = true
+	ps := append([]*participant(nil), r.participants...)
+	msg := sseMessage("room-ended", RoomEndedEvent{Room: name, Reason: reason})
+	for w := range r.watchers {
+		select {
+		case w.ch <- msg:
+		default: // full: it is cut without the event, as a slow watcher would be
+		}
+		r.dropWatcherLocked(w)
+	}
+	r.mu.Unlock()
+	s.mu.Unlock()
+	s.log.Info().Str("room", name).Str("reason", reason).Int("participants", len(ps)).Msg("room ended")
+	var wg sync.WaitGroup
+	for _, p := range ps {
+		wg.Add(1)
+		go func() { // bounded by the room's participants
+			defer wg.Done()
+			s.remove(p, "room ended: "+reason)
+		}()
+	}
+	wg.Wait()
+	s.roomEnded(name)
+	return nil
+}
+
+// HasRoom reports whether the server holds a room named name.
+func (s *Server) HasRoom(name string) bool { return s.lookupRoom(name) != nil }
+
+// RoomNames lists the rooms the server holds, in no order.
+func (s *Server) RoomNames() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]string, 0, len(s.rooms))
+	for name := range s.rooms {
+		out = append(out, name)
+	}
+	return out
 }
 
 // measure updates every layer's bitrate from its byte counter.

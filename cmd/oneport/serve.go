@@ -155,8 +155,12 @@ func serve(c *cli.Context) error {
 		return fmt.Errorf("--mux %q: want oneport or pion", c.String("mux"))
 	}
 
+	var owner roomOwner // the cluster node, once it exists
 	srv, err := sfu.New(sfu.Config{
 		UDPMux: udpMux,
+		// Resource ids carry the tag too: PATCH and DELETE find their node.
+		NewID:       func() string { return cluster.NewResourceID(id.Tag) },
+		OnRoomEnded: owner.release,
 		// Every ufrag carries this node's tag, so any node routes to it.
 		NewICECredentials: func() (string, string) {
 			u, _ := mux.NewUfrag(mux.UfragPrefix(id.Tag)) // a valid tag always fits
@@ -195,13 +199,16 @@ func serve(c *cli.Context) error {
 			st := srv.Stats()
 			return cluster.Load{Sessions: m.Sessions(), Rooms: st.Rooms}
 		},
-		Build:  buildVersion(),
-		Logger: log,
+		Build:      buildVersion(),
+		Logger:     log,
+		OnRoomLost: endLostRoom(srv, log),
+		LocalRooms: srv.RoomNames,
 	})
 	if err != nil {
 		return err
 	}
 	defer node.Close()
+	owner.set(node)
 	var membership lbhealth.Membership
 	if len(c.StringSlice("join")) > 0 {
 		membership = lbhealth.MembershipFunc(node.Joined)
@@ -240,7 +247,7 @@ func serve(c *cli.Context) error {
 	go announceDraining(health.Drainer(), node)
 
 	errc := make(chan error, 2)
-	hs, err := startHTTP(c.String("http"), routes(srv, health), errc)
+	hs, err := startHTTP(c.String("http"), routes(srv, health, node), errc)
 	if err != nil {
 		return fmt.Errorf("--http: %w", err)
 	}
@@ -288,7 +295,11 @@ func serve(c *cli.Context) error {
 	res := health.Drainer().Run(ctx)
 	if res.ExitCode() != 0 {
 		shutdownHTTP(context.Background(), servers)
-		return cli.Exit(fmt.Sprintf("oneport: drain %v: %v", res.Outcome, res.Err), res.ExitCode())
+		msg := fmt.Sprintf("oneport: drain %v after %v with %d sessions left", res.Outcome, res.Waited.Round(time.Millisecond), res.Remaining)
+		if res.Err != nil { // nil after a timeout whose hooks all ran
+			msg += ": " + res.Err.Error()
+		}
+		return cli.Exit(msg, res.ExitCode())
 	}
 	log.Info().Stringer("outcome", res.Outcome).Dur("waited", res.Waited).Msg("drained, exiting")
 	return nil
@@ -384,9 +395,9 @@ func pionMux(m *mux.Mux, log zerolog.Logger) (*ice.UDPMuxDefault, error) {
 
 // routes mounts the signaling API, health and metrics, and the demo page on
 // one handler.
-func routes(srv *sfu.Server, health *lbhealth.Health) http.Handler {
+func routes(srv *sfu.Server, health *lbhealth.Health, node *cluster.Node) http.Handler {
 	h := http.NewServeMux()
-	api := srv.Handler()
+	api := clusterSignaling(srv, node)
 	for _, p := range []string{"/whip/", "/whep/", "/rooms/", "/api/"} {
 		h.Handle(p, api)
 	}

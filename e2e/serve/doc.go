@@ -1,0 +1,22 @@
+// Package serve holds the end-to-end tests of the `oneport serve` process:
+// the binary is built once per run, started as a real process on loopback
+// (media port and HTTP on 127.0.0.1, ports chosen by the kernel and read
+// from its "oneport serving" JSON log line), and driven from outside: pion
+// WHIP publishers and WHEP subscribers through its HTTP API, STUN health
+// probes on its media port, signals, the admin endpoints, and scrapes of
+// /metrics parsed with the Prometheus text parser.
+//
+// What they pin is the wiring of cmd/oneport/serve.go that no unit test
+// sees: the first SIGTERM drains (readiness fails at once, the UDP probe goes
+// silent, live sessions keep their media and the room keeps taking joiners)
+// and the process exits 0 when the last client leaves; a drain that times out
+// ends the sessions and exits non-zero; a second SIGTERM exits at once; admin
+// drain and undrain; metrics that move with real traffic and stay bounded in
+// label cardinality; and the separate --health listener.
+//
+// Every process a test starts is killed by PID in its clean-up, every wait has
+// a deadline, and no test sleeps to synchronize. Under -race the binary is
+// built with the race detector too, and a race report in its output fails the
+// test. The package has no code of its own: the tests and their harness are
+// in the _linux_test.go files.
+package serve
