@@ -213,3 +213,98 @@ func TestRelayForwardAllocatesNothing(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkRelayRoundTrip measures what the relay adds: a client pings a
+// session that echoes, either straight to the owner's port or through an
+// ingress node that relays both ways. ns/op is the round trip; cpu-ns/op is
+// the process CPU per round trip (client, ingress and owner all run in this
+// process, so the difference between the two is the relay's cost for two
+// relayed datagrams, one each way).
+func BenchmarkRelayRoundTrip(b *testing.B) {
+	for _, path := range []string{"direct", "relayed", "relayed-unauthenticated"} {
+		b.Run(path, func(b *testing.B) {
+			key := []byte("k")
+			if path == "relayed-unauthenticated" {
+				key = nil
+			}
+			nodes := relayClusterB(b, 2, key)
+			owner, ingress := nodes[0], nodes[1]
+			ufrag, _ := NewUfrag(UfragPrefix(owner.tag))
+			sc, err := owner.m.GetConn(ufrag, owner.m.LocalAddr())
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer sc.Close()
+			go func() {
+				buf := make([]byte, 1500)
+				for {
+					n, from, err := sc.(*conn).ReadFromAddrPort(buf)
+					if err != nil {
+						return
+					}
+					sc.(*conn).WriteToAddrPort(buf[:n], from)
+				}
+			}()
+			cl, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 9)})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer cl.Close()
+			to := muxAddrPort(owner.m)
+			if path != "direct" {
+				to = muxAddrPort(ingress.m)
+			}
+			// Bind the flow with a check, as ICE would.
+			req := bindingRequest(b, ufrag+":cli")
+			buf := make([]byte, 1500)
+			cl.WriteToUDPAddrPort(req, to)
+			cl.SetReadDeadline(time.Now().Add(3 * time.Second))
+			if _, _, err := cl.ReadFromUDPAddrPort(buf); err != nil {
+				b.Fatal(err)
+			}
+			pkt := rtpPacket(1, 1200)
+			cl.SetReadDeadline(time.Time{})
+			cpu0 := processCPU()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				cl.WriteToUDPAddrPort(pkt, to)
+				if _, _, err := cl.ReadFromUDPAddrPort(buf); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(processCPU()-cpu0)/float64(b.N), "cpu-ns/op")
+			if path != "direct" && owner.m.Stats().RelayFramesIn < uint64(b.N) {
+				b.Fatalf("only %d relayed frames for %d round trips", owner.m.Stats().RelayFramesIn, b.N)
+			}
+		})
+	}
+}
+
+// relayClusterB is relayCluster for benchmarks.
+func relayClusterB(b *testing.B, n int, key []byte) []relayNode {
+	b.Helper()
+	nodes := make([]relayNode, n)
+	for i := range nodes {
+		ip := fmt.Sprintf("127.0.0.%d", i+1)
+		tag := fmt.Sprintf("N%03d", i+1)
+		m, err := Listen(ip+":0", Config{Sockets: 1, Tag: tag, Relay: ip + ":0", RelayKey: key})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { m.Close() })
+		nodes[i] = relayNode{m: m, tag: tag}
+	}
+	for i, nd := range nodes {
+		var peers []Peer
+		for j, o := range nodes {
+			if j != i {
+				peers = append(peers, Peer{Name: o.tag, Tag: o.tag, Relay: o.m.RelayAddr().(*net.UDPAddr).AddrPort()})
+			}
+		}
+		if err := nd.m.SetPeers(peers); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return nodes
+}
