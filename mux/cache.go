@@ -52,6 +52,13 @@ func (l *localCounts) count(c Class, n int) {
 	l.dirty = true
 }
 
+// frame counts a relay frame received.
+func (l *localCounts) frame(n int) {
+	l.frames++
+	l.fbytes += uint64(n)
+	l.dirty = true
+}
+
 func (l *localCounts) drop(r DropReason) {
 	l.drops[r]++
 	l.dirty = true

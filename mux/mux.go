@@ -518,8 +518,21 @@ func (m *Mux) sweep(now int64) {
 	m.mu.Unlock()
 }
 
-// readLoop reads one socket until it is closed.
+// readLoop reads a media socket until it is closed.
 func (m *Mux) readLoop(s *socket) {
+	m.serveSocket(s, func(i int, b []byte, from netip.AddrPort, now int64) bool {
+		if len(b) > m.cfg.MaxPacketSize {
+			s.rs.local.drop(DropTruncated)
+			return false
+		}
+		return m.demux(&s.rs, s, s.bufs[i], headroom, len(b), from, now, nil)
+	})
+}
+
+// serveSocket reads s in batches until it is closed, handing each datagram
+// (slot i, aliasing s.bufs[i]) to handle, which reports whether it kept the
+// slot's buffer. Counters are published once per batch.
+func (m *Mux) serveSocket(s *socket, handle func(i int, b []byte, from netip.AddrPort, now int64) bool) {
 	defer m.wg.Done()
 	var backoff time.Duration
 	for {
@@ -544,11 +557,11 @@ func (m *Mux) readLoop(s *socket) {
 		m.now.Store(now)
 		for i := 0; i < n; i++ {
 			b, from, trunc := s.rd.Datagram(i)
-			if trunc || len(b) > m.cfg.MaxPacketSize {
+			if trunc {
 				s.rs.local.drop(DropTruncated)
 				continue
 			}
-			if m.demux(&s.rs, s, s.bufs[i], headroom, len(b), from, now, nil) {
+			if handle(i, b, from, now) {
 				s.bufs[i] = m.getBuf()
 				s.rd.SetBuffer(i, s.bufs[i].b[headroom:])
 			}

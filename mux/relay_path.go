@@ -1,7 +1,6 @@
 package mux
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -39,43 +38,12 @@ func (m *Mux) RelayAddr() net.Addr {
 
 // relayLoop reads relay frames from the other nodes until the socket closes.
 func (m *Mux) relayLoop(s *socket) {
-	defer m.wg.Done()
-	var backoff time.Duration
-	for {
-		n, err := s.rd.Read()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			s.stats.drop(DropReadError)
-			backoff = min(max(2*backoff, time.Millisecond), 100*time.Millisecond)
-			select {
-			case <-m.closing:
-				return
-			case <-time.After(backoff):
-			}
-			continue
-		}
-		backoff = 0
-		now := time.Now().UnixNano()
-		m.now.Store(now)
-		ps := m.peers.Load()
+	m.serveSocket(s, func(i int, b []byte, from netip.AddrPort, now int64) bool {
 		c := &s.rs.local
-		for i := 0; i < n; i++ {
-			b, from, trunc := s.rd.Datagram(i)
-			c.frames++
-			c.fbytes += uint64(len(b))
-			if trunc {
-				c.drop(DropTruncated)
-				continue
-			}
-			if m.handleFrame(s, ps, i, b, from, now) {
-				s.bufs[i] = m.getBuf()
-				s.rd.SetBuffer(i, s.bufs[i].b[headroom:])
-			}
-		}
-		c.flush(&s.stats)
-	}
+		c.frames++
+		c.fbytes += uint64(len(b))
+		return m.handleFrame(s, m.peers.Load(), i, b, from, now)
+	})
 }
 
 // handleFrame acts on one relay frame, which is s.bufs[i].b[headroom:] and
