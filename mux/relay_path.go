@@ -39,9 +39,7 @@ func (m *Mux) RelayAddr() net.Addr {
 // relayLoop reads relay frames from the other nodes until the socket closes.
 func (m *Mux) relayLoop(s *socket) {
 	m.serveSocket(s, func(i int, b []byte, from netip.AddrPort, now int64) bool {
-		c := &s.rs.local
-		c.frames++
-		c.fbytes += uint64(len(b))
+		s.rs.local.frame(len(b))
 		return m.handleFrame(s, m.peers.Load(), i, b, from, now)
 	})
 }
