@@ -161,6 +161,23 @@ EOF
 	if [ -n "$TCP_PORT" ]; then
 		echo "		ip daddr $VIP tcp dport $TCP_PORT counter dnat to jhash ip saddr . tcp sport mod $n seed $SEED map { $elems }"
 	fi
+	# A backend's datagram to a client whose entry was deleted (rehash, a
+	# removed backend) would otherwise leave un-NATed and create an entry of
+	# its own, backend:port -> client; the client's next datagram, DNATed to
+	# that backend, then clashes with it and NAT rewrites the client's port:
+	# the node sees a new address, and its media to the old one goes down the
+	# stale entry, from an address the client drops, for as long as it keeps
+	# sending. Only replies of tracked flows may leave.
+	backends=$(echo "$BACKENDS" | sed 's/ /, /g')
+	cat <<EOF
+	}
+	chain forward {
+		type filter hook forward priority filter; policy accept;
+		ip saddr { $backends } udp sport $UDP_PORT ct state new counter drop
+EOF
+	if [ -n "$TCP_PORT" ]; then
+		echo "		ip saddr { $backends } tcp sport $TCP_PORT ct state new counter drop"
+	fi
 	cat <<EOF
 	}
 }

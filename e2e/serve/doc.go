@@ -14,6 +14,12 @@
 // drain and undrain; metrics that move with real traffic and stay bounded in
 // label cardinality; and the separate --health listener.
 //
+// The kernel-LB tests (kernellb_linux_test.go, root only) run three such
+// processes in internal/netnstest's node namespaces behind an nftables DNAT
+// VIP, with pion clients as processes in client namespaces (the test binary
+// re-executed, TestKernelLBClient): media through the VIP and the relay, an
+// LB re-hash under live media, and kill -9 of a node.
+//
 // Every process a test starts is killed by PID in its clean-up, every wait has
 // a deadline, and no test sleeps to synchronize. Under -race the binary is
 // built with the race detector too, and a race report in its output fails the

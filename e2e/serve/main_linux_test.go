@@ -20,6 +20,12 @@ var oneportBin string
 const buildBudget = 5 * time.Minute
 
 func TestMain(m *testing.M) {
+	if klbClientRole() {
+		// This binary was re-executed in a client namespace as a kernel-LB
+		// test's client (TestKernelLBClient): it starts no node.
+		goleak.VerifyTestMain(m)
+		return
+	}
 	dir, err := os.MkdirTemp("", "oneport-e2e-serve-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e/serve:", err)

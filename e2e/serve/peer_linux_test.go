@@ -48,7 +48,12 @@ type peer struct {
 	states []webrtc.PeerConnectionState
 }
 
-func newPeer(t *testing.T) *peer {
+// newPeer makes a client PeerConnection with host candidates on loopback.
+func newPeer(t *testing.T) *peer { return newPeerOn(t, "lo") }
+
+// newPeerOn makes a client PeerConnection with host candidates on iface
+// only (eth0 in a test namespace).
+func newPeerOn(t *testing.T, iface string) *peer {
 	t.Helper()
 	me := &webrtc.MediaEngine{}
 	if err := me.RegisterDefaultCodecs(); err != nil {
@@ -62,7 +67,7 @@ func newPeer(t *testing.T) *peer {
 	se.SetIncludeLoopbackCandidate(true)
 	se.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
 	se.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeUDP4})
-	se.SetInterfaceFilter(func(name string) bool { return name == "lo" })
+	se.SetInterfaceFilter(func(name string) bool { return name == iface })
 	se.SetICETimeouts(clientDisconnected, clientFailed, clientKeepalive)
 	api := webrtc.NewAPI(webrtc.WithMediaEngine(me), webrtc.WithInterceptorRegistry(ir), webrtc.WithSettingEngine(se))
 	pc, err := api.NewPeerConnection(webrtc.Configuration{})
@@ -156,6 +161,8 @@ type publisher struct {
 	kf     atomic.Bool // send a keyframe next
 	sent   atomic.Uint64
 
+	sendDone chan struct{} // closed when sendLoop has returned
+
 	stop     chan struct{}
 	stopOnce sync.Once
 	wg       sync.WaitGroup
@@ -165,7 +172,13 @@ type publisher struct {
 // closed at clean-up.
 func newPublisher(t *testing.T, n *node, room string) *publisher {
 	t.Helper()
-	p := &publisher{peer: newPeer(t), stop: make(chan struct{})}
+	return newPublisherOn(t, n, room, "lo")
+}
+
+// newPublisherOn is newPublisher with its candidates on iface.
+func newPublisherOn(t *testing.T, n *node, room, iface string) *publisher {
+	t.Helper()
+	p := &publisher{peer: newPeerOn(t, iface), stop: make(chan struct{}), sendDone: make(chan struct{})}
 	t.Cleanup(p.close)
 	tr, err := webrtc.NewTrackLocalStaticRTP(webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeVP8}, "video", "pub")
 	if err != nil {
@@ -206,6 +219,7 @@ func (p *publisher) rtcpLoop() {
 // packet's counter.
 func (p *publisher) sendLoop() {
 	defer p.wg.Done()
+	defer close(p.sendDone)
 	tick := time.NewTicker(videoEvery)
 	defer tick.Stop()
 	for n := uint64(0); ; n++ {
@@ -251,15 +265,44 @@ type subscriber struct {
 	wg sync.WaitGroup
 
 	mu        sync.Mutex
-	count     int    // packets received
-	last      uint64 // counter of the last one
-	backwards int    // packets whose counter did not increase
-	lost      uint64 // counters skipped
+	count     int                // packets received
+	last      uint64             // counter of the last one
+	backwards int                // packets whose counter did not increase
+	lost      uint64             // counters skipped
+	recovered int                // of the backwards ones, counters skipped before (a NACK's retransmission)
+	seen      [seenWindow]uint64 // counter+1 of the packets received, by counter mod seenWindow
+	lastAt    time.Time          // arrival of the last one
+	readErr   error              // why the track's reader stopped
+	gaps      []gap              // the latest inter-arrival gaps of at least minGap, at most maxGaps
+}
+
+// seenWindow is how many of the latest counters a subscriber remembers, to
+// tell a late retransmission from a duplicate.
+const seenWindow = 4096
+
+// Gaps kept per subscriber: enough to find the one a re-hash or a node
+// failure made among a few seconds of media.
+const (
+	minGap  = 50 * time.Millisecond
+	maxGaps = 256
+)
+
+// gap is a pause in a subscriber's media: no packet arrived from End-Len to
+// End.
+type gap struct {
+	End time.Time
+	Len time.Duration
 }
 
 func newSubscriber(t *testing.T, n *node, room string) *subscriber {
 	t.Helper()
-	s := &subscriber{peer: newPeer(t)}
+	return newSubscriberOn(t, n, room, "lo")
+}
+
+// newSubscriberOn is newSubscriber with its candidates on iface.
+func newSubscriberOn(t *testing.T, n *node, room, iface string) *subscriber {
+	t.Helper()
+	s := &subscriber{peer: newPeerOn(t, iface)}
 	t.Cleanup(s.close)
 	if _, err := s.pc.AddTransceiverFromKind(webrtc.RTPCodecTypeVideo, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionRecvonly}); err != nil {
 		t.Fatal(err)
@@ -271,6 +314,9 @@ func newSubscriber(t *testing.T, n *node, room string) *subscriber {
 			for {
 				pkt, _, err := tr.ReadRTP()
 				if err != nil {
+					s.mu.Lock()
+					s.readErr = err
+					s.mu.Unlock()
 					return
 				}
 				s.add(pkt.Payload)
@@ -286,18 +332,49 @@ func (s *subscriber) add(payload []byte) {
 		return
 	}
 	c := binary.BigEndian.Uint64(payload[len(payload)-8:])
+	now := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.count > 0 {
+		if d := now.Sub(s.lastAt); d >= minGap {
+			if len(s.gaps) == maxGaps {
+				s.gaps = slices.Delete(s.gaps, 0, 1)
+			}
+			s.gaps = append(s.gaps, gap{End: now, Len: d})
+		}
+	}
+	s.lastAt = now
 	switch {
 	case s.count == 0:
 	case c <= s.last:
 		s.backwards++
+		if s.last-c < seenWindow && s.seen[c%seenWindow] != c+1 {
+			s.recovered++
+			s.seen[c%seenWindow] = c + 1
+		}
 		return
 	default:
 		s.lost += c - s.last - 1
 	}
 	s.count++
 	s.last = c
+	s.seen[c%seenWindow] = c + 1
+}
+
+// stopped returns the error that ended the track's reader, or nil.
+func (s *subscriber) stopped() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.readErr
+}
+
+// late returns how many packets came after a higher counter, and how many
+// of those filled a counter skipped before (retransmissions after a NACK)
+// rather than repeating one received.
+func (s *subscriber) late() (backwards, recovered int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.backwards, s.recovered
 }
 
 // received returns the packets received, the last counter, and how many
@@ -306,6 +383,13 @@ func (s *subscriber) received() (count int, last, lost uint64, backwards int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.count, s.last, s.lost, s.backwards
+}
+
+// gapsSoFar returns the gaps recorded so far, oldest first.
+func (s *subscriber) gapsSoFar() []gap {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.gaps)
 }
 
 // waitCounter waits until the subscriber has received a counter of at least
