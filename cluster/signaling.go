@@ -8,9 +8,12 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"net/netip"
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/hashicorp/memberlist"
 )
 
 // Signaling across nodes. Every WHIP, WHEP, events and room API request is
@@ -55,6 +58,60 @@ func parseRoute(method, path string) (route, bool) {
 		return route{}, false
 	}
 	return rt, ValidRoomName(rt.room)
+}
+
+// ClientIP is the IP a signaling request is charged to (sfu.Config.ClientIP):
+// the connection's remote address, except on a request proxied by a member,
+// where it is the client the member saw. The member is recognized by the
+// connection coming from the IP of a live member (its gossip address or the
+// host of its announced HTTP address) and the request carrying
+// ForwardedHeader; the client is then the last X-Forwarded-For entry, the one
+// the member's proxy appended (entries before it came from the public and
+// are ignored). Nothing authenticates the member beyond its source IP: see
+// SECURITY.md.
+func (n *Node) ClientIP(r *http.Request) netip.Addr {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return netip.Addr{}
+	}
+	remote := ap.Addr().Unmap()
+	if r.Header.Get(ForwardedHeader) == "" || !n.isMemberIP(remote) {
+		return remote
+	}
+	xff := r.Header.Values("X-Forwarded-For")
+	if len(xff) == 0 {
+		return remote
+	}
+	last := xff[len(xff)-1]
+	if i := strings.LastIndexByte(last, ','); i >= 0 {
+		last = last[i+1:]
+	}
+	client, err := netip.ParseAddr(strings.TrimSpace(last))
+	if err != nil {
+		return remote
+	}
+	return client.Unmap()
+}
+
+// isMemberIP reports whether ip is a live member's gossip IP or the host of
+// its HTTP address (this node included).
+func (n *Node) isMemberIP(ip netip.Addr) bool {
+	for _, m := range n.members.list() {
+		if m.state != memberlist.StateAlive {
+			continue
+		}
+		if m.addr.Unmap() == ip {
+			return true
+		}
+		meta, err := decodeMeta(m.meta)
+		if err != nil {
+			continue
+		}
+		if ap, err := netip.ParseAddrPort(meta.HTTP); err == nil && ap.Addr().Unmap() == ip {
+			return true
+		}
+	}
+	return false
 }
 
 type signaling struct {

@@ -9,6 +9,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
+
+	"github.com/oneport/oneport/internal/ratelimit"
 )
 
 // Check names, as they appear in /healthz and /readyz bodies and in the
@@ -61,8 +63,8 @@ type Health struct {
 	epoch time.Time // monotonic origin of the rate limiters' clocks
 
 	load    loadSampler
-	sources *sourceLimiter
-	global  globalLimit
+	sources *ratelimit.Sources
+	global  ratelimit.Global
 
 	probes       [NumProbeResults]atomic.Uint64
 	unauthorized atomic.Uint64 // admin requests refused for a bad or missing token
@@ -91,8 +93,8 @@ func New(cfg Config) (*Health, error) {
 		h.load.media = cfg.Media
 	}
 	h.load.wantCPU = cfg.MaxCPU > 0
-	h.sources = newSourceLimiter(cfg.Probe.Rate, cfg.Probe.Burst, cfg.Probe.MaxSources)
-	h.global.interval, h.global.tolerance = gcraParams(cfg.Probe.GlobalRate, cfg.Probe.GlobalBurst)
+	h.sources = ratelimit.NewSources(cfg.Probe.Rate, cfg.Probe.Burst, cfg.Probe.MaxSources)
+	h.global.SetRate(cfg.Probe.GlobalRate, cfg.Probe.GlobalBurst)
 	if cfg.AdminToken != "" {
 		h.adminHash = sha256.Sum256([]byte(cfg.AdminToken))
 	}

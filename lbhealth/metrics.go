@@ -104,8 +104,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	for r, n := range h.ProbeStats() {
 		counter(c.probes, n, ProbeResult(r).String())
 	}
-	gauge(c.probeSources, float64(h.sources.len()))
-	counter(c.probeEvicted, h.sources.evicted.Load())
+	gauge(c.probeSources, float64(h.sources.Len()))
+	counter(c.probeEvicted, h.sources.Evicted())
 	counter(c.adminUnauthorized, h.unauthorized.Load())
 
 	if h.cfg.Media != nil {

@@ -192,7 +192,7 @@ func (h *Health) handleProbe(req []byte, from netip.AddrPort, w ProbeWriter) Pro
 		return ProbeNotReady
 	}
 	now := int64(time.Since(h.epoch))
-	if !h.sources.allow(from.Addr().Unmap(), now) || !h.global.allow(now) {
+	if !h.sources.Allow(from.Addr().Unmap(), now) || !h.global.Allow(now) {
 		return ProbeRateLimited
 	}
 	buf := respPool.Get().(*[probeRespMax]byte)

@@ -5,6 +5,9 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"math"
+	"net/http"
+	"net/netip"
 	"time"
 
 	"github.com/pion/ice/v4"
@@ -62,8 +65,44 @@ type Config struct {
 	// Default 10000.
 	MaxParticipants int
 
+	// MaxRooms bounds the rooms of the server: a request that would create
+	// one more gets 503 with Retry-After. Default 10000.
+	MaxRooms int
+
+	// MaxRoomParticipants bounds the publishers and subscribers of one room
+	// (joins in progress included): one more gets 403 "room full", which a
+	// retry will not fix until someone leaves. Default 1000.
+	MaxRoomParticipants int
+
 	// MaxWatchers bounds event-stream watchers per room (503 beyond). Default 256.
 	MaxWatchers int
+
+	// MaxMediaSections bounds the m-lines of an offer (400 beyond). Default 16.
+	MaxMediaSections int
+
+	// MaxCandidatesPerMedia and MaxCandidates bound the ICE candidates of an
+	// offer per m-line and in all, and those of one trickle fragment (400
+	// beyond). Defaults 64 and 256.
+	MaxCandidatesPerMedia int
+	MaxCandidates         int
+
+	// SignalingRate and SignalingBurst bound signaling requests (POST, PATCH,
+	// DELETE) per client IP: a token bucket refilled at SignalingRate per
+	// second holding SignalingBurst; beyond it, 429 with Retry-After.
+	// Defaults 20/s and twice the rate. A negative SignalingRate turns the
+	// limit off.
+	SignalingRate  float64
+	SignalingBurst int
+
+	// MaxSignalingClients bounds the per-client-IP bucket table; when full,
+	// idle (full) buckets are forgotten first. Default 65536.
+	MaxSignalingClients int
+
+	// ClientIP returns the IP a signaling request is charged to. Default: the
+	// connection's remote address; X-Forwarded-For from the public is never
+	// trusted. A cluster node trusts it only on requests proxied by a member
+	// (cluster.Node.ClientIP).
+	ClientIP func(*http.Request) netip.Addr
 
 	// QueuePackets is each subscriber's send queue length in packets; when it
 	// is full new packets for that subscriber are dropped and counted.
@@ -134,6 +173,33 @@ func (c *Config) applyDefaults() error {
 	if c.MaxWatchers == 0 {
 		c.MaxWatchers = 256
 	}
+	if c.MaxRooms == 0 {
+		c.MaxRooms = 10000
+	}
+	if c.MaxRoomParticipants == 0 {
+		c.MaxRoomParticipants = 1000
+	}
+	if c.MaxMediaSections == 0 {
+		c.MaxMediaSections = 16
+	}
+	if c.MaxCandidatesPerMedia == 0 {
+		c.MaxCandidatesPerMedia = 64
+	}
+	if c.MaxCandidates == 0 {
+		c.MaxCandidates = 256
+	}
+	if c.SignalingRate == 0 {
+		c.SignalingRate = 20
+	}
+	if c.SignalingBurst == 0 {
+		c.SignalingBurst = max(1, int(2*c.SignalingRate))
+	}
+	if c.MaxSignalingClients == 0 {
+		c.MaxSignalingClients = 65536
+	}
+	if c.ClientIP == nil {
+		c.ClientIP = RemoteIP
+	}
 	if c.QueuePackets == 0 {
 		c.QueuePackets = 512
 	}
@@ -158,10 +224,29 @@ func (c *Config) applyDefaults() error {
 	switch {
 	case c.EmptyTimeout < 0, c.SweepInterval < 0, c.MaxBodyBytes < 0, c.MaxParticipants < 0,
 		c.MaxWatchers < 0, c.QueuePackets < 0, c.KeyframeInterval < 0, c.GatherTimeout < 0,
-		c.ICEDisconnectedTimeout < 0, c.ICEFailedTimeout < 0, c.ICEKeepaliveInterval < 0:
+		c.ICEDisconnectedTimeout < 0, c.ICEFailedTimeout < 0, c.ICEKeepaliveInterval < 0,
+		c.MaxRooms < 0, c.MaxRoomParticipants < 0, c.MaxMediaSections < 0, c.MaxCandidatesPerMedia < 0,
+		c.MaxCandidates < 0, c.SignalingBurst < 0, c.MaxSignalingClients < 0:
 		return fmt.Errorf("%w: negative value", ErrConfig)
 	}
+	if math.IsNaN(c.SignalingRate) || math.IsInf(c.SignalingRate, 0) {
+		return fmt.Errorf("%w: SignalingRate %v", ErrConfig, c.SignalingRate)
+	}
 	return nil
+}
+
+// limits returns the SDP limits of the config.
+func (c *Config) sdpLimits() sdpLimits {
+	return sdpLimits{media: c.MaxMediaSections, perMedia: c.MaxCandidatesPerMedia, total: c.MaxCandidates}
+}
+
+// RemoteIP is the default Config.ClientIP: the connection's address.
+func RemoteIP(r *http.Request) netip.Addr {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
 }
 
 // RandomICECredentials is the default Config.NewICECredentials: a 16-char ufrag

@@ -1,6 +1,7 @@
 package sfu
 
 import (
+	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -42,14 +44,14 @@ const (
 
 func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /whip/{room}", s.handleOffer(rolePublisher))
-	mux.HandleFunc("POST /whep/{room}", s.handleOffer(roleSubscriber))
+	mux.HandleFunc("POST /whip/{room}", s.rateLimited(s.handleOffer(rolePublisher)))
+	mux.HandleFunc("POST /whep/{room}", s.rateLimited(s.handleOffer(roleSubscriber)))
 	for _, kind := range []struct {
 		prefix string
 		role   participantRole
 	}{{"/whip/", rolePublisher}, {"/whep/", roleSubscriber}} {
-		mux.HandleFunc("PATCH "+kind.prefix+"{room}/{id}", s.handlePatch(kind.role))
-		mux.HandleFunc("DELETE "+kind.prefix+"{room}/{id}", s.handleDelete(kind.role))
+		mux.HandleFunc("PATCH "+kind.prefix+"{room}/{id}", s.rateLimited(s.handlePatch(kind.role)))
+		mux.HandleFunc("DELETE "+kind.prefix+"{room}/{id}", s.rateLimited(s.handleDelete(kind.role)))
 		mux.HandleFunc("OPTIONS "+kind.prefix+"{room}", preflight("POST, OPTIONS", "Accept-Post", mimeSDP))
 		mux.HandleFunc("OPTIONS "+kind.prefix+"{room}/{id}", preflight("PATCH, DELETE, OPTIONS", "Accept-Patch", mimeTrickle))
 	}
@@ -59,7 +61,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("OPTIONS /api/rooms", preflight("GET, OPTIONS", "", ""))
 	mux.HandleFunc("GET /api/rooms/{room}", s.handleRoom)
 	mux.HandleFunc("OPTIONS /api/rooms/{room}", preflight("GET, OPTIONS", "", ""))
-	mux.HandleFunc("POST /api/rooms/{room}/subscribers/{id}/layer", s.handleLayer)
+	mux.HandleFunc("POST /api/rooms/{room}/subscribers/{id}/layer", s.rateLimited(s.handleLayer))
 	mux.HandleFunc("OPTIONS /api/rooms/{room}/subscribers/{id}/layer", preflight("POST, OPTIONS", "Accept-Post", mimeJSON))
 	for _, add := range extraRoutes {
 		add(mux)
@@ -91,12 +93,68 @@ func preflight(methods, acceptHeader, accept string) http.HandlerFunc {
 	}
 }
 
-func httpError(w http.ResponseWriter, err error) {
+// retryAfterFull is the Retry-After (seconds) of a 503: the server or its
+// room table is full, or it is closing; a load balancer may send the retry
+// to another node.
+const retryAfterFull = "5"
+
+// httpError writes err with its status (errorStatus), and counts refusals
+// by a limit.
+func (s *Server) httpError(w http.ResponseWriter, err error) {
 	code := errorStatus(err)
-	if code == http.StatusUnauthorized {
+	switch code {
+	case http.StatusUnauthorized:
 		w.Header().Set("WWW-Authenticate", `Bearer realm="oneport"`)
+	case http.StatusServiceUnavailable:
+		w.Header().Set("Retry-After", retryAfterFull)
+	}
+	if why, ok := refusalOf(err); ok {
+		s.stats.refused[why].Add(1)
 	}
 	http.Error(w, err.Error(), code)
+}
+
+// refusalOf says which limit refused a request, if one did.
+func refusalOf(err error) (refusal, bool) {
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.Is(err, ErrTooManyParticipants), errors.Is(err, ErrMediaPortFull):
+		return refusedServerFull, true
+	case errors.Is(err, ErrTooManyRooms):
+		return refusedRooms, true
+	case errors.Is(err, ErrTooManyWatchers):
+		return refusedWatchers, true
+	case errors.Is(err, ErrRoomFull):
+		return refusedRoomFull, true
+	case errors.Is(err, ErrSDPLimit):
+		return refusedSDP, true
+	case errors.As(err, &mbe):
+		return refusedBody, true
+	}
+	return 0, false
+}
+
+// rateLimited charges a signaling request (POST, PATCH, DELETE) to its
+// client IP (Config.ClientIP) and answers 429 with Retry-After beyond
+// SignalingRate. It runs before authorization, so unauthenticated floods
+// are bounded too.
+func (s *Server) rateLimited(h http.HandlerFunc) http.HandlerFunc {
+	if s.limiter == nil {
+		return h
+	}
+	return func(w http.ResponseWriter, r *http.Request) {
+		ip := s.cfg.ClientIP(r)
+		ok, wait := s.limiter.Check(ip, s.mono())
+		if !ok {
+			s.stats.refused[refusedRate].Add(1)
+			secs := max(1, int64((wait+time.Second-1)/time.Second))
+			w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
+			http.Error(w, fmt.Sprintf("sfu: rate limited: more than %g signaling requests/s from %v", s.cfg.SignalingRate, ip),
+				http.StatusTooManyRequests)
+			return
+		}
+		h(w, r)
+	}
 }
 
 var errUnsupportedMedia = errors.New("sfu: unsupported content type")
@@ -104,7 +162,7 @@ var errUnsupportedMedia = errors.New("sfu: unsupported content type")
 // checkRequest authorizes and checks the content type; it writes the error.
 func (s *Server) checkRequest(w http.ResponseWriter, r *http.Request, contentType string) bool {
 	if !s.authorized(r) {
-		httpError(w, fmt.Errorf("%w: bearer token required", ErrUnauthorized))
+		s.httpError(w, fmt.Errorf("%w: bearer token required", ErrUnauthorized))
 		return false
 	}
 	if contentType != "" {
@@ -118,12 +176,17 @@ func (s *Server) checkRequest(w http.ResponseWriter, r *http.Request, contentTyp
 	return true
 }
 
+// authorized checks the bearer token. Both sides are hashed before the
+// constant-time compare (subtle.ConstantTimeCompare returns at once on a
+// length mismatch), so neither the content nor the length of the token
+// leaks through timing.
 func (s *Server) authorized(r *http.Request) bool {
 	if s.cfg.Token == "" {
 		return true
 	}
 	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	return ok && subtle.ConstantTimeCompare([]byte(tok), []byte(s.cfg.Token)) == 1
+	got := sha256.Sum256([]byte(tok))
+	return subtle.ConstantTimeCompare(got[:], s.tokenHash[:]) == 1 && ok
 }
 
 // bodyTimeout bounds reading a signaling request's body.
@@ -179,7 +242,7 @@ func (s *Server) handleOffer(role participantRole) http.HandlerFunc {
 		}
 		body, err := s.readBody(w, r)
 		if err != nil {
-			httpError(w, err)
+			s.httpError(w, err)
 			return
 		}
 		var p *participant
@@ -190,7 +253,7 @@ func (s *Server) handleOffer(role participantRole) http.HandlerFunc {
 			p, answer, err = s.subscribe(name, string(body), r.URL.Query().Get("publisher"))
 		}
 		if err != nil {
-			httpError(w, err)
+			s.httpError(w, err)
 			return
 		}
 		h := w.Header()
@@ -211,7 +274,7 @@ func (s *Server) handlePatch(role participantRole) http.HandlerFunc {
 		}
 		p, err := s.resource(name, r.PathValue("id"), role)
 		if err != nil {
-			httpError(w, err)
+			s.httpError(w, err)
 			return
 		}
 		if !s.checkRequest(w, r, mimeTrickle) {
@@ -219,17 +282,17 @@ func (s *Server) handlePatch(role participantRole) http.HandlerFunc {
 		}
 		body, err := s.readBody(w, r)
 		if err != nil {
-			httpError(w, err)
+			s.httpError(w, err)
 			return
 		}
-		frag, err := parseTrickleFragment(string(body))
+		frag, err := parseTrickleFragment(string(body), s.cfg.sdpLimits())
 		if err != nil {
-			httpError(w, err)
+			s.httpError(w, err)
 			return
 		}
 		answer, etag, err := p.patch(frag, r.Header.Get("If-Match"))
 		if err != nil {
-			httpError(w, err)
+			s.httpError(w, err)
 			return
 		}
 		w.Header().Set("ETag", etag)
@@ -251,7 +314,7 @@ func (s *Server) handleDelete(role participantRole) http.HandlerFunc {
 		}
 		p, err := s.resource(name, r.PathValue("id"), role)
 		if err != nil {
-			httpError(w, err)
+			s.httpError(w, err)
 			return
 		}
 		s.remove(p, "deleted")
@@ -277,7 +340,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		httpError(w, ErrClosed)
+		s.httpError(w, ErrClosed)
 		return
 	}
 	s.wg.Add(1)
@@ -286,7 +349,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 
 	rm, wt, initial, err := s.watchRoom(name)
 	if err != nil {
-		httpError(w, err)
+		s.httpError(w, err)
 		return
 	}
 	defer rm.unwatch(wt)
@@ -342,7 +405,7 @@ func (s *Server) handleRoom(w http.ResponseWriter, r *http.Request) {
 	}
 	info, err := s.RoomInfo(name)
 	if err != nil {
-		httpError(w, err)
+		s.httpError(w, err)
 		return
 	}
 	writeJSON(w, info)
@@ -378,7 +441,7 @@ func (s *Server) handleLayer(w http.ResponseWriter, r *http.Request) {
 	}
 	p, err := s.resource(name, r.PathValue("id"), roleSubscriber)
 	if err != nil {
-		httpError(w, err)
+		s.httpError(w, err)
 		return
 	}
 	if !s.checkRequest(w, r, mimeJSON) {
@@ -386,17 +449,17 @@ func (s *Server) handleLayer(w http.ResponseWriter, r *http.Request) {
 	}
 	body, err := s.readBody(w, r)
 	if err != nil {
-		httpError(w, err)
+		s.httpError(w, err)
 		return
 	}
 	req, err := parseLayerRequest(body)
 	if err != nil {
-		httpError(w, err)
+		s.httpError(w, err)
 		return
 	}
 	changed, err := p.selectLayer(req)
 	if err != nil {
-		httpError(w, err)
+		s.httpError(w, err)
 		return
 	}
 	writeJSON(w, changed)

@@ -82,8 +82,8 @@ func TestHTTPErrors(t *testing.T) {
 			t.Errorf("%s: %d %q, want %d with %q", c.name, res.code, strings.TrimSpace(res.body), c.code, c.reason)
 		}
 	}
-	if st := e.srv.Stats(); st.Participants != 1 || st.Rooms != 1 {
-		t.Errorf("errors changed state: %+v", st)
+	if st := e.srv.Stats(); st.Participants != 1 || st.Rooms != 1 || st.Refused.BodyTooBig != 1 {
+		t.Errorf("errors changed state (or the 413 was not counted): %+v", st)
 	}
 
 	// A subscriber that cannot decode the room's VP8 gets 406.
@@ -125,8 +125,17 @@ func TestAuthAndCORS(t *testing.T) {
 	if res.code != http.StatusUnauthorized || res.hdr.Get("WWW-Authenticate") == "" {
 		t.Fatalf("no token: %d %v", res.code, res.hdr)
 	}
-	if res := e.do("POST", "/whip/auth", "application/sdp", offer, "Authorization", "Bearer wrong"); res.code != http.StatusUnauthorized {
-		t.Fatalf("wrong token: %d", res.code)
+	// Wrong tokens of every length, the right one under another scheme, a
+	// prefix and an extension of it: all refused (compared as SHA-256
+	// digests in constant time, see authorized).
+	for _, auth := range []string{"Bearer wrong", "Bearer ", "Bearer s3cre", "Bearer s3cret0", "Bearer S3CRET",
+		"Basic s3cret", "s3cret", "Bearer  s3cret", "Bearer " + strings.Repeat("x", 4096)} {
+		if res := e.do("POST", "/whip/auth", "application/sdp", offer, "Authorization", auth); res.code != http.StatusUnauthorized {
+			t.Fatalf("Authorization %.40q: %d", auth, res.code)
+		}
+	}
+	if st := e.srv.Stats(); st.Rooms != 0 || st.Participants != 0 {
+		t.Fatalf("refused requests changed state: %+v", st)
 	}
 	res = e.do("POST", "/whip/auth", "application/sdp", offer, "Authorization", "Bearer s3cret")
 	if res.code != http.StatusCreated || res.hdr.Get("Access-Control-Allow-Origin") != "*" ||

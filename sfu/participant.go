@@ -224,7 +224,13 @@ func (p *participant) negotiate(offer string, between func() error) (string, err
 	case <-p.s.ctx.Done():
 		return "", ErrClosed
 	}
-	return p.pc.LocalDescription().SDP, nil
+	local := p.pc.LocalDescription().SDP
+	if !strings.Contains(local, "a=candidate:") {
+		// An ICE-lite answer without a candidate can never connect: the
+		// media port refused the session (mux MaxSessions, --max-sessions).
+		return "", ErrMediaPortFull
+	}
+	return local, nil
 }
 
 // register adds p to the resource table; false once the server is closed.
@@ -240,7 +246,7 @@ func (s *Server) register(p *participant) bool {
 
 // publish handles a WHIP offer.
 func (s *Server) publish(roomName, offer string) (*participant, string, error) {
-	info, err := parseOffer(offer, true)
+	info, err := parseOffer(offer, true, s.cfg.sdpLimits())
 	if err != nil {
 		return nil, "", err
 	}
@@ -284,7 +290,7 @@ func (s *Server) discard(p *participant) {
 // subscribe handles a WHEP offer: the room's tracks (or one publisher's) are
 // matched to the offer's receiving m-sections in order, per kind.
 func (s *Server) subscribe(roomName, offer, publisher string) (*participant, string, error) {
-	info, err := parseOffer(offer, false)
+	info, err := parseOffer(offer, false, s.cfg.sdpLimits())
 	if err != nil {
 		return nil, "", err
 	}

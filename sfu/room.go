@@ -2,6 +2,7 @@ package sfu
 
 import (
 	"encoding/json"
+	"fmt"
 	"sync"
 	"time"
 )
@@ -103,7 +104,7 @@ func (r *room) watch() (*watcher, [][]byte, error) {
 		return nil, nil, ErrClosed
 	}
 	if len(r.watchers) >= r.s.cfg.MaxWatchers {
-		return nil, nil, ErrFull
+		return nil, nil, fmt.Errorf("%w: %d", ErrTooManyWatchers, len(r.watchers))
 	}
 	w := &watcher{ch: make(chan []byte, watcherQueue)}
 	r.watchers[w] = struct{}{}

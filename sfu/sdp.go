@@ -12,21 +12,57 @@ import (
 
 // Errors a caller (and the HTTP layer) can test with errors.Is.
 var (
-	ErrMalformedSDP   = errors.New("sfu: malformed SDP")
-	ErrNoCommonCodec  = errors.New("sfu: no codec in common")
-	ErrBadFragment    = errors.New("sfu: malformed trickle-ice-sdpfrag")
-	ErrNotFound       = errors.New("sfu: not found")
-	ErrClosed         = errors.New("sfu: server closed")
-	ErrFull           = errors.New("sfu: server full")
-	ErrBadRequest     = errors.New("sfu: bad request")
-	ErrPrecondition   = errors.New("sfu: precondition failed")
-	ErrUnauthorized   = errors.New("sfu: unauthorized")
-	ErrNegotiation    = errors.New("sfu: negotiation failed")
-	errMaxMediaLimits = errors.New("too many media sections")
+	ErrMalformedSDP  = errors.New("sfu: malformed SDP")
+	ErrNoCommonCodec = errors.New("sfu: no codec in common")
+	ErrBadFragment   = errors.New("sfu: malformed trickle-ice-sdpfrag")
+	ErrNotFound      = errors.New("sfu: not found")
+	ErrClosed        = errors.New("sfu: server closed")
+	ErrFull          = errors.New("sfu: server full")
+	// ErrTooManyParticipants, ErrTooManyRooms and ErrTooManyWatchers are the
+	// ErrFull cases (503 with Retry-After).
+	ErrTooManyParticipants = fmt.Errorf("%w: too many participants", ErrFull)
+	ErrTooManyRooms        = fmt.Errorf("%w: too many rooms", ErrFull)
+	ErrTooManyWatchers     = fmt.Errorf("%w: too many event streams in the room", ErrFull)
+	// ErrMediaPortFull: the UDPMux gave the session no candidate, as when
+	// the mux holds MaxSessions (--max-sessions).
+	ErrMediaPortFull = fmt.Errorf("%w: no session left on the media port", ErrFull)
+	// ErrRoomFull: the room has MaxRoomParticipants (403).
+	ErrRoomFull     = errors.New("sfu: room full")
+	ErrBadRequest   = errors.New("sfu: bad request")
+	ErrPrecondition = errors.New("sfu: precondition failed")
+	ErrUnauthorized = errors.New("sfu: unauthorized")
+	ErrNegotiation  = errors.New("sfu: negotiation failed")
+	// ErrSDPLimit: an offer or fragment over Config's m-line or candidate
+	// limits (400).
+	ErrSDPLimit = errors.New("sfu: SDP over limits")
 )
 
-// maxMedia bounds the m-sections of an offer we accept.
-const maxMedia = 64
+// sdpLimits are Config's bounds on an offer and on a trickle fragment.
+type sdpLimits struct {
+	media    int // m-sections of an offer
+	perMedia int // candidates per m-section
+	total    int // candidates in all
+}
+
+// defaultSDPLimits are the zero Config's.
+var defaultSDPLimits = sdpLimits{media: 16, perMedia: 64, total: 256}
+
+// candidateCounter checks candidate counts against the limits as they are met.
+type candidateCounter struct {
+	lim   sdpLimits
+	total int
+}
+
+func (c *candidateCounter) add(mline, inMedia int) error {
+	c.total++
+	if inMedia > c.lim.perMedia {
+		return fmt.Errorf("%w: more than %d candidates in m-line %d", ErrSDPLimit, c.lim.perMedia, mline)
+	}
+	if c.total > c.lim.total {
+		return fmt.Errorf("%w: more than %d candidates in all", ErrSDPLimit, c.lim.total)
+	}
+	return nil
+}
 
 type offerCodec struct {
 	pt  uint8
@@ -52,7 +88,11 @@ type offerInfo struct {
 
 // parseOffer reads what the server needs from an SDP offer and rejects what
 // it cannot use, with a reason. publish is true for WHIP (the offerer sends).
-func parseOffer(body string, publish bool) (*offerInfo, error) {
+func parseOffer(body string, publish bool, lim sdpLimits) (*offerInfo, error) {
+	// Count m-lines before unmarshalling: pion parses every section first.
+	if n := strings.Count(body, "\nm="); n > lim.media || n == lim.media && strings.HasPrefix(body, "m=") {
+		return nil, fmt.Errorf("%w: more than %d media sections", ErrSDPLimit, lim.media)
+	}
 	var sd sdp.SessionDescription
 	if err := sd.UnmarshalString(body); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrMalformedSDP, err)
@@ -60,17 +100,24 @@ func parseOffer(body string, publish bool) (*offerInfo, error) {
 	if len(sd.MediaDescriptions) == 0 {
 		return nil, fmt.Errorf("%w: no media section", ErrMalformedSDP)
 	}
-	if len(sd.MediaDescriptions) > maxMedia {
-		return nil, fmt.Errorf("%w: %w", ErrMalformedSDP, errMaxMediaLimits)
+	if len(sd.MediaDescriptions) > lim.media {
+		return nil, fmt.Errorf("%w: %d media sections, at most %d", ErrSDPLimit, len(sd.MediaDescriptions), lim.media)
 	}
+	cands := candidateCounter{lim: lim}
 	_, sessUfrag := sd.Attribute("ice-ufrag")
 	_, sessFP := sd.Attribute("fingerprint")
 	info := &offerInfo{}
 	usable := 0
 	for i, md := range sd.MediaDescriptions {
 		m := offerMedia{kind: md.MediaName.Media, dir: "sendrecv"}
+		inMedia := 0
 		for _, a := range md.Attributes {
 			switch a.Key {
+			case "candidate":
+				inMedia++
+				if err := cands.add(i, inMedia); err != nil {
+					return nil, err
+				}
 			case "mid":
 				m.mid = a.Value
 			case "sendrecv", "sendonly", "recvonly", "inactive":
@@ -201,9 +248,11 @@ type trickleCandidate struct {
 // maxFragmentLines bounds a fragment's lines.
 const maxFragmentLines = 1024
 
-func parseTrickleFragment(body string) (*trickleFragment, error) {
+func parseTrickleFragment(body string, lim sdpLimits) (*trickleFragment, error) {
 	f := &trickleFragment{}
 	mid, mline := "", -1
+	cands := candidateCounter{lim: lim}
+	inMedia := 0
 	lines := strings.Split(strings.ReplaceAll(body, "\r\n", "\n"), "\n")
 	if len(lines) > maxFragmentLines {
 		return nil, fmt.Errorf("%w: more than %d lines", ErrBadFragment, maxFragmentLines)
@@ -220,6 +269,12 @@ func parseTrickleFragment(body string) (*trickleFragment, error) {
 		case 'm':
 			mline++
 			mid = ""
+			if mline > 0 { // candidates before the first m-line count as its own
+				inMedia = 0
+			}
+			if mline >= lim.media {
+				return nil, fmt.Errorf("%w: more than %d media sections", ErrSDPLimit, lim.media)
+			}
 		case 'a':
 			key, val, _ := strings.Cut(ln[2:], ":")
 			switch key {
@@ -242,6 +297,10 @@ func parseTrickleFragment(body string) (*trickleFragment, error) {
 				ml := mline
 				if ml < 0 {
 					ml = 0
+				}
+				inMedia++
+				if err := cands.add(ml, inMedia); err != nil {
+					return nil, err
 				}
 				f.candidates = append(f.candidates, trickleCandidate{mid: mid, mline: uint16(ml), candidate: ln[2:]})
 			case "end-of-candidates":

@@ -2,6 +2,7 @@ package sfu
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"net/http"
@@ -10,6 +11,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/oneport/oneport/internal/ratelimit"
 )
 
 // Server is an SFU node: rooms, their participants, the signaling handler.
@@ -21,6 +24,9 @@ type Server struct {
 	cancel  context.CancelFunc
 	handler http.Handler
 	stats   counters
+	limiter *ratelimit.Sources // signaling requests per client IP; nil when off
+	// tokenHash is the SHA-256 of Config.Token, compared in constant time.
+	tokenHash [sha256.Size]byte
 
 	wg sync.WaitGroup // sweeper, detached removals, event streams
 
@@ -43,6 +49,33 @@ type counters struct {
 	keyframeCoalesced atomic.Uint64
 	subscriberPLIs    atomic.Uint64
 	watcherDrops      atomic.Uint64
+	refused           [numRefusals]atomic.Uint64
+}
+
+// refusal is why a signaling request was refused by a limit: a fixed set,
+// so the counters (and metric labels) stay bounded.
+type refusal int
+
+const (
+	refusedServerFull refusal = iota // MaxParticipants or the mux's MaxSessions (503)
+	refusedRooms                     // MaxRooms (503)
+	refusedRoomFull                  // MaxRoomParticipants (403)
+	refusedWatchers                  // MaxWatchers (503)
+	refusedRate                      // SignalingRate per client IP (429)
+	refusedSDP                       // m-line and candidate limits (400)
+	refusedBody                      // MaxBodyBytes (413)
+	numRefusals
+)
+
+// Refusals counts signaling requests refused by a limit, by reason.
+type Refusals struct {
+	ServerFull  uint64 `json:"server_full"`  // MaxParticipants, or the mux's MaxSessions, reached: 503
+	Rooms       uint64 `json:"rooms"`        // MaxRooms reached: 503
+	RoomFull    uint64 `json:"room_full"`    // MaxRoomParticipants reached: 403
+	Watchers    uint64 `json:"watchers"`     // MaxWatchers reached: 503
+	RateLimited uint64 `json:"rate_limited"` // SignalingRate exceeded: 429
+	SDPLimits   uint64 `json:"sdp_limits"`   // too many m-lines or candidates: 400
+	BodyTooBig  uint64 `json:"body_too_big"` // MaxBodyBytes exceeded: 413
 }
 
 // Stats is a snapshot of the server for metrics.
@@ -62,6 +95,8 @@ type Stats struct {
 	KeyframeCoalesced uint64 `json:"keyframe_coalesced"` // keyframe requests folded into a recent one
 	SubscriberPLIs    uint64 `json:"subscriber_plis"`    // PLI/FIR received from subscribers
 	WatcherDrops      uint64 `json:"watcher_drops"`      // event streams cut because they could not keep up
+
+	Refused Refusals `json:"refused"`
 }
 
 // New returns a running Server. The caller serves Handler and calls Close.
@@ -78,6 +113,10 @@ func New(cfg Config) (*Server, error) {
 		cancel:    cancel,
 		rooms:     make(map[string]*room),
 		resources: make(map[string]*participant),
+	}
+	s.tokenHash = sha256.Sum256([]byte(cfg.Token))
+	if cfg.SignalingRate > 0 {
+		s.limiter = ratelimit.NewSources(cfg.SignalingRate, cfg.SignalingBurst, cfg.MaxSignalingClients)
 	}
 	s.handler = s.routes()
 	s.wg.Add(1)
@@ -144,6 +183,15 @@ func (s *Server) Stats() Stats {
 		KeyframeCoalesced: s.stats.keyframeCoalesced.Load(),
 		SubscriberPLIs:    s.stats.subscriberPLIs.Load(),
 		WatcherDrops:      s.stats.watcherDrops.Load(),
+		Refused: Refusals{
+			ServerFull:  s.stats.refused[refusedServerFull].Load(),
+			Rooms:       s.stats.refused[refusedRooms].Load(),
+			RoomFull:    s.stats.refused[refusedRoomFull].Load(),
+			Watchers:    s.stats.refused[refusedWatchers].Load(),
+			RateLimited: s.stats.refused[refusedRate].Load(),
+			SDPLimits:   s.stats.refused[refusedSDP].Load(),
+			BodyTooBig:  s.stats.refused[refusedBody].Load(),
+		},
 	}
 	s.mu.Lock()
 	rooms := make([]*room, 0, len(s.rooms))
@@ -177,17 +225,23 @@ func (s *Server) enterRoom(name string) (*room, error) {
 		return nil, ErrClosed
 	}
 	if len(s.resources) >= s.cfg.MaxParticipants {
-		return nil, fmt.Errorf("%w: %d participants", ErrFull, len(s.resources))
+		return nil, fmt.Errorf("%w: %d", ErrTooManyParticipants, len(s.resources))
 	}
 	r := s.rooms[name]
 	if r == nil {
+		if len(s.rooms) >= s.cfg.MaxRooms {
+			return nil, fmt.Errorf("%w: %d", ErrTooManyRooms, len(s.rooms))
+		}
 		r = newRoom(s, name)
 		s.rooms[name] = r
 		s.log.Info().Str("room", name).Msg("room created")
 	}
 	r.mu.Lock()
+	defer r.mu.Unlock()
+	if n := len(r.participants) + r.pending; n >= s.cfg.MaxRoomParticipants {
+		return nil, fmt.Errorf("%w: %q has %d participants, at most %d", ErrRoomFull, name, n, s.cfg.MaxRoomParticipants)
+	}
 	r.pending++
-	r.mu.Unlock()
 	return r, nil
 }
 
@@ -200,6 +254,9 @@ func (s *Server) watchRoom(name string) (*room, *watcher, [][]byte, error) {
 	}
 	r := s.rooms[name]
 	if r == nil {
+		if len(s.rooms) >= s.cfg.MaxRooms {
+			return nil, nil, nil, fmt.Errorf("%w: %d", ErrTooManyRooms, len(s.rooms))
+		}
 		r = newRoom(s, name)
 		s.rooms[name] = r
 	}
@@ -372,6 +429,10 @@ func errorStatus(err error) int {
 		return http.StatusPreconditionFailed
 	case errors.Is(err, ErrUnauthorized):
 		return http.StatusUnauthorized
+	case errors.Is(err, ErrSDPLimit):
+		return http.StatusBadRequest
+	case errors.Is(err, ErrRoomFull):
+		return http.StatusForbidden
 	case errors.Is(err, ErrClosed), errors.Is(err, ErrFull):
 		return http.StatusServiceUnavailable
 	case errors.Is(err, ErrNegotiation):

@@ -52,6 +52,12 @@ func serveCommand() *cli.Command {
 				Usage: "bearer token required to publish and subscribe (default: none, open)"},
 			&cli.IntFlag{Name: "max-participants", EnvVars: env("max-participants"),
 				Usage: "publishers and subscribers this node accepts (default 10000)"},
+			&cli.IntFlag{Name: "max-rooms", EnvVars: env("max-rooms"),
+				Usage: "rooms this node holds; a request creating one more gets 503 with Retry-After (default 10000)"},
+			&cli.IntFlag{Name: "max-room-participants", EnvVars: env("max-room-participants"),
+				Usage: "publishers and subscribers in one room; one more gets 403 room full (default 1000)"},
+			&cli.Float64Flag{Name: "signaling-rate", EnvVars: env("signaling-rate"),
+				Usage: "WHIP/WHEP POST, PATCH and DELETE requests per second per client IP, burst twice that; beyond, 429 with Retry-After (default 20; negative: off)"},
 			&cli.StringFlag{Name: "admin-token", EnvVars: env("admin-token"),
 				Usage: "bearer token for POST /admin/drain and /admin/undrain (default: none, admin endpoints off)"},
 			&cli.DurationFlag{Name: "drain-timeout", Value: 10 * time.Minute, EnvVars: env("drain-timeout"),
@@ -166,9 +172,20 @@ func serve(c *cli.Context) error {
 			u, _ := mux.NewUfrag(mux.UfragPrefix(id.Tag)) // a valid tag always fits
 			return u, mux.NewPassword()
 		},
-		EmptyTimeout:    c.Duration("empty-timeout"),
-		Token:           c.String("token"),
-		MaxParticipants: c.Int("max-participants"),
+		EmptyTimeout:        c.Duration("empty-timeout"),
+		Token:               c.String("token"),
+		MaxParticipants:     c.Int("max-participants"),
+		MaxRooms:            c.Int("max-rooms"),
+		MaxRoomParticipants: c.Int("max-room-participants"),
+		SignalingRate:       c.Float64("signaling-rate"),
+		// Proxied requests are charged to the client the member saw, once
+		// the node exists; before, to the connection.
+		ClientIP: func(r *http.Request) netip.Addr {
+			if n := owner.node.Load(); n != nil {
+				return n.ClientIP(r)
+			}
+			return sfu.RemoteIP(r)
+		},
 		Logger:          log,
 		IncludeLoopback: isLoopback(m.LocalAddr()),
 	})
