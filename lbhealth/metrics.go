@@ -31,7 +31,7 @@ type collector struct {
 	muxPackets, muxBytes, muxDrops, muxFlows *prometheus.Desc
 
 	sfuRooms, sfuParticipants, sfuTracks, sfuSubscribers *prometheus.Desc
-	sfuForwardedPackets, sfuForwardedBytes               *prometheus.Desc
+	sfuForwardedPackets, sfuForwardedBytes, sfuRefused   *prometheus.Desc
 
 	clusterJoined, clusterMembers, clusterDraining *prometheus.Desc
 	relayPackets, relayBytes                       *prometheus.Desc
@@ -66,6 +66,7 @@ func newCollector(h *Health) *collector {
 	c.sfuSubscribers = d("sfu_subscribers", "Track subscriptions on this node.")
 	c.sfuForwardedPackets = d("sfu_forwarded_packets_total", "Media packets the SFU forwarded.")
 	c.sfuForwardedBytes = d("sfu_forwarded_bytes_total", "Media bytes the SFU forwarded.")
+	c.sfuRefused = d("sfu_refused_total", "Signaling requests refused by a limit, by reason.", "reason")
 
 	c.clusterJoined = d("cluster_joined", "1 while the node is a cluster member (absent without --join).")
 	c.clusterMembers = d("cluster_members", "Cluster members by gossip state.", "state")
@@ -129,6 +130,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(c.sfuSubscribers, float64(st.Subscribers))
 		counter(c.sfuForwardedPackets, st.Forwarded.Packets)
 		counter(c.sfuForwardedBytes, st.Forwarded.Bytes)
+		for _, r := range mergeDrops(st.Refused) {
+			counter(c.sfuRefused, r.Packets, r.Reason)
+		}
 	}
 	if h.cfg.Cluster != nil {
 		gauge(c.clusterJoined, b2f(h.cfg.Cluster.Joined() == nil))

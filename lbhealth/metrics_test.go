@@ -81,7 +81,8 @@ func TestMetricsFollowSources(t *testing.T) {
 			f.media.Drops = []DropCount{{"no_session", 5 * k}, {"queue_full", k}}
 			f.media.Flows = 4 * k
 			f.sfu = SFUStats{Rooms: k, Participants: 2 * k, Tracks: 3 * k, Subscribers: 4 * k,
-				Forwarded: Traffic{Packets: 50 * k, Bytes: 5000 * k}}
+				Forwarded: Traffic{Packets: 50 * k, Bytes: 5000 * k},
+				Refused:   []DropCount{{Reason: "room_full", Packets: 6 * k}, {Reason: "rate_limited", Packets: 7 * k}}}
 			f.cluster = ClusterStats{Members: [NumMemberStates]uint64{MemberAlive: 3, MemberSuspect: k},
 				Draining: 1, RelayIn: Traffic{Packets: 7 * k, Bytes: 700 * k}, RelayOut: Traffic{Packets: 8 * k}}
 		})
@@ -102,6 +103,8 @@ func TestMetricsFollowSources(t *testing.T) {
 		wantValue(t, fams, 3*k, "oneport_sfu_tracks")
 		wantValue(t, fams, 4*k, "oneport_sfu_subscribers")
 		wantValue(t, fams, 50*k, "oneport_sfu_forwarded_packets_total")
+		wantValue(t, fams, 6*k, "oneport_sfu_refused_total", "reason", "room_full")
+		wantValue(t, fams, 7*k, "oneport_sfu_refused_total", "reason", "rate_limited")
 		wantValue(t, fams, 5000*k, "oneport_sfu_forwarded_bytes_total")
 		wantValue(t, fams, 3, "oneport_cluster_members", "state", "alive")
 		wantValue(t, fams, k, "oneport_cluster_members", "state", "suspect")

@@ -134,6 +134,9 @@ type SFUStats struct {
 	Tracks       uint64 // published tracks
 	Subscribers  uint64 // subscriptions (one per track per receiving peer)
 	Forwarded    Traffic
+	// Refused counts signaling requests refused by a limit, by reason (a
+	// small fixed set, such as "room_full" or "rate_limited").
+	Refused []DropCount
 }
 
 // MemberState is the state of a cluster member as gossip sees it.

@@ -34,6 +34,15 @@ func sfuStats(st sfu.Stats) lbhealth.SFUStats {
 		Tracks:       uint64(st.Tracks),
 		Subscribers:  uint64(st.Subscribers),
 		Forwarded:    lbhealth.Traffic{Packets: st.ForwardedPackets, Bytes: st.ForwardedBytes},
+		Refused: []lbhealth.DropCount{
+			{Reason: "server_full", Packets: st.Refused.ServerFull},
+			{Reason: "rooms", Packets: st.Refused.Rooms},
+			{Reason: "room_full", Packets: st.Refused.RoomFull},
+			{Reason: "watchers", Packets: st.Refused.Watchers},
+			{Reason: "rate_limited", Packets: st.Refused.RateLimited},
+			{Reason: "sdp_limits", Packets: st.Refused.SDPLimits},
+			{Reason: "body_too_big", Packets: st.Refused.BodyTooBig},
+		},
 	}
 }
 
