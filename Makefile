@@ -25,10 +25,11 @@ test-race:
 test-rest:
 	$(GO) test -count=1 -timeout 15m $$($(GO) list ./... | grep -v -e /mux -e /lbhealth -e /sfu -e /bench -e /cluster)
 
-# Benchmarks: the demux step alone, then the three receivers in one run.
+# Benchmarks: the mux's in-process figures, then every harness at bounded
+# sizes, written to BENCHMARKS.md with each command and the date.
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem ./mux/
-	./$(BIN) bench mux
+	$(GO) run ./bench/cmd/benchreport -o BENCHMARKS.md
 
 # Every fuzz target for FUZZTIME each. The inputs the fuzzer found
 # interesting are copied from the Go cache into the package's testdata/fuzz

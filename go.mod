@@ -3,6 +3,7 @@ module github.com/oneport/oneport
 go 1.26.0
 
 require (
+	github.com/gopacket/gopacket v1.7.7
 	github.com/pion/ice/v4 v4.4.1
 	github.com/pion/interceptor v0.1.47
 	github.com/pion/logging v0.2.4

@@ -24,8 +24,21 @@
 // exact for the window whenever the packets arrive. MaybeRunSender also
 // runs these children.
 //
+// RunLoad is the operators' load test: real pion publishers and
+// subscribers (ICE, DTLS, SRTP) in client processes against any WHIP/WHEP
+// base URL, at a ramp, held for a duration, with join times, packets/s,
+// loss by counter, RFC 3550 jitter and one-way latency per track and in
+// total, a time series for the HTML report, and every session deleted at
+// the end. RunIdleMemory measures a node's heap per idle session the same
+// way. RunReplay sends a capture's client datagrams (pcap or pcapng, read
+// with gopacket's pcapgo) with their timing into sessions on an in-process
+// mux, rewritten (STUN USERNAME and MESSAGE-INTEGRITY, RTP/RTCP SSRCs) to
+// name them. RunRelay compares direct and relayed delivery through a
+// 3-node loopback cluster.
+//
 // Invariants:
-//   - Traffic goes only to 127.0.0.1 or ::1.
+//   - Traffic goes only to 127.0.0.1 or ::1 (127.0.0.0/8 for the relay's
+//     nodes), except RunLoad's, which goes where its URL points.
 //   - Everything is bounded: sessions, sockets, durations, waits. Every
 //     sender or child process is killed by PID on every exit path, and
 //     exits by itself when its stdin closes or its deadline passes.

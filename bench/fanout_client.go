@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"net/url"
 	"os"
 	"strings"
@@ -13,7 +12,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/pion/ice/v4"
 	"github.com/pion/rtcp"
 	"github.com/pion/rtp"
 	"github.com/pion/webrtc/v4"
@@ -82,11 +80,10 @@ type clientReport struct {
 const maxJoinErrors = 5
 
 type fanoutClient struct {
-	job  fanoutClientJob
-	api  *webrtc.API
-	http *http.Client
-	base *url.URL
-	ctx  context.Context // cancelled on quit: ends joins in progress
+	job fanoutClientJob
+	api *webrtc.API
+	wc  whipClient
+	ctx context.Context // cancelled on quit: ends joins in progress
 
 	pub *fanPub
 
@@ -173,108 +170,31 @@ func runFanoutClient(cio *childIO) error {
 }
 
 func newFanoutClient(job fanoutClientJob) (*fanoutClient, error) {
-	base, err := url.Parse(job.Base)
-	if err != nil {
-		return nil, fmt.Errorf("bench client: base URL: %w", err)
-	}
-	if !isLoopbackHost(base.Hostname()) {
-		return nil, fmt.Errorf("bench client: %s is not loopback", base.Host)
-	}
-	api, err := clientAPI()
+	wc, err := newWHIPClient(job.Base, "", job.JoinParallel, job.JoinTimeout)
 	if err != nil {
 		return nil, err
 	}
-	tr := &http.Transport{MaxIdleConnsPerHost: max(job.JoinParallel, 2)}
-	return &fanoutClient{job: job, api: api, base: base, http: &http.Client{Transport: tr, Timeout: 10 * time.Second}}, nil
+	if !isLoopbackHost(wc.base.Hostname()) {
+		return nil, fmt.Errorf("bench client: %s is not loopback", wc.base.Host)
+	}
+	api, err := newClientAPI(apiOptions{})
+	if err != nil {
+		return nil, err
+	}
+	return &fanoutClient{job: job, api: api, wc: wc}, nil
 }
 
 func isLoopbackHost(h string) bool {
 	return h == "localhost" || strings.HasPrefix(h, "127.") || h == "::1"
 }
 
-// clientAPI builds the peers' API: VP8 and Opus only, no interceptors (no
-// NACK, reports or congestion control: the client is measuring, and each
-// interceptor would cost it CPU per packet), host candidates on loopback.
-func clientAPI() (*webrtc.API, error) {
-	me := &webrtc.MediaEngine{}
-	if err := me.RegisterCodec(webrtc.RTPCodecParameters{
-		RTPCodecCapability: webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeVP8, ClockRate: 90000},
-		PayloadType:        96,
-	}, webrtc.RTPCodecTypeVideo); err != nil {
-		return nil, fmt.Errorf("bench client: codec: %w", err)
-	}
-	if err := me.RegisterCodec(webrtc.RTPCodecParameters{
-		RTPCodecCapability: webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeOpus, ClockRate: 48000, Channels: 2},
-		PayloadType:        111,
-	}, webrtc.RTPCodecTypeAudio); err != nil {
-		return nil, fmt.Errorf("bench client: codec: %w", err)
-	}
-	se := webrtc.SettingEngine{}
-	se.SetIncludeLoopbackCandidate(true)
-	se.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
-	se.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeUDP4})
-	se.SetInterfaceFilter(func(name string) bool { return name == "lo" })
-	return webrtc.NewAPI(webrtc.WithMediaEngine(me), webrtc.WithSettingEngine(se)), nil
-}
-
-// signal posts pc's complete offer to path and applies the answer; it
-// returns the resource's URL.
 func (c *fanoutClient) signal(ctx context.Context, pc *webrtc.PeerConnection, path string) (string, error) {
-	offer, err := pc.CreateOffer(nil)
-	if err != nil {
-		return "", fmt.Errorf("offer: %w", err)
-	}
-	gathered := webrtc.GatheringCompletePromise(pc)
-	if err := pc.SetLocalDescription(offer); err != nil {
-		return "", fmt.Errorf("set offer: %w", err)
-	}
-	t := time.NewTimer(c.job.JoinTimeout)
-	defer t.Stop()
-	select {
-	case <-gathered:
-	case <-t.C:
-		return "", errors.New("gathering timed out")
-	case <-ctx.Done():
-		return "", ctx.Err()
-	}
-	u := c.base.JoinPath(path)
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.String(), strings.NewReader(pc.LocalDescription().SDP))
-	if err != nil {
-		return "", err
-	}
-	req.Header.Set("Content-Type", "application/sdp")
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return "", fmt.Errorf("answer: %w", err)
-	}
-	if resp.StatusCode != http.StatusCreated {
-		return "", fmt.Errorf("POST %s: %s: %s", path, resp.Status, strings.TrimSpace(string(body)))
-	}
-	loc, err := resp.Location()
-	if err != nil {
-		return "", fmt.Errorf("POST %s: %w", path, err)
-	}
-	if err := pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeAnswer, SDP: string(body)}); err != nil {
-		return loc.String(), fmt.Errorf("set answer: %w", err)
-	}
-	return loc.String(), nil
+	return c.wc.signal(ctx, pc, path)
 }
 
 // deleteResource ends a WHIP or WHEP resource.
 func (c *fanoutClient) deleteResource(ctx context.Context, loc string) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, loc, nil)
-	if err != nil {
-		return
-	}
-	if resp, err := c.http.Do(req); err == nil {
-		_, _ = io.Copy(io.Discard, resp.Body)
-		_ = resp.Body.Close()
-	}
+	_ = c.wc.deleteResource(ctx, loc)
 }
 
 // fanSub is one subscriber: a PeerConnection with a video and an audio
@@ -718,5 +638,5 @@ func (c *fanoutClient) close() {
 	if c.pub != nil {
 		c.pub.close(c)
 	}
-	c.http.CloseIdleConnections()
+	c.wc.close()
 }

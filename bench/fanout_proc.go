@@ -9,14 +9,15 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/signal"
 	"sync"
 	"syscall"
 	"time"
 )
 
 // ChildEnv is the environment variable that turns the current binary into
-// one of the fan-out benchmark's child processes: "fanout-server" (the node
-// under test) or "fanout-client" (pion peers). MaybeRunSender dispatches on
+// one of the benchmarks' child processes: "fanout-server" (the node under
+// test), "fanout-client" (pion peers) or "load-client" (RunLoad's peers). MaybeRunSender dispatches on
 // it, so programs that call RunFanout need nothing more.
 const ChildEnv = "ONEPORT_BENCH_CHILD"
 
@@ -261,6 +262,10 @@ func maybeRunChild() {
 	if role == "" {
 		return
 	}
+	// A Ctrl-C at the terminal reaches the whole process group: the parent
+	// handles it and stops its children in order (load clients delete
+	// their sessions first); a child dying of it would leave them behind.
+	signal.Ignore(os.Interrupt)
 	cio := newChildIO(os.Stdin, os.Stdout)
 	var err error
 	switch role {
@@ -268,6 +273,8 @@ func maybeRunChild() {
 		err = runFanoutServer(cio)
 	case roleClient:
 		err = runFanoutClient(cio)
+	case roleLoadClient:
+		err = runLoadClient(cio)
 	default:
 		err = fmt.Errorf("bench child: unknown role %q", role)
 	}

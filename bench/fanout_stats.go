@@ -31,21 +31,8 @@ func putTrailer(payload []byte, kind byte, counter uint64, sentUnixNano int64) {
 // after the header, its CSRCs and extension, before any padding. ok is false
 // for anything that is not RTP carrying a trailer.
 func readTrailer(pkt []byte) (kind byte, counter uint64, sentUnixNano int64, ok bool) {
-	if len(pkt) < 12 || pkt[0]>>6 != 2 {
-		return 0, 0, 0, false
-	}
-	off := 12 + 4*int(pkt[0]&0x0f)
-	if pkt[0]&0x10 != 0 {
-		if len(pkt) < off+4 {
-			return 0, 0, 0, false
-		}
-		off += 4 + 4*int(binary.BigEndian.Uint16(pkt[off+2:]))
-	}
-	end := len(pkt)
-	if pkt[0]&0x20 != 0 && end > 0 {
-		end -= int(pkt[end-1])
-	}
-	if end-off < trailerLen {
+	off, end, ok := rtpPayload(pkt)
+	if !ok || end-off < trailerLen {
 		return 0, 0, 0, false
 	}
 	t := pkt[end-trailerLen : end]
@@ -53,6 +40,29 @@ func readTrailer(pkt []byte) (kind byte, counter uint64, sentUnixNano int64, ok 
 		return 0, 0, 0, false
 	}
 	return t[0], binary.BigEndian.Uint64(t[1:9]), int64(binary.BigEndian.Uint64(t[9:17])), true
+}
+
+// rtpPayload returns the bounds of a plain RTP packet's payload: after the
+// header, its CSRCs and extension, before any padding.
+func rtpPayload(pkt []byte) (off, end int, ok bool) {
+	if len(pkt) < 12 || pkt[0]>>6 != 2 {
+		return 0, 0, false
+	}
+	off = 12 + 4*int(pkt[0]&0x0f)
+	if pkt[0]&0x10 != 0 {
+		if len(pkt) < off+4 {
+			return 0, 0, false
+		}
+		off += 4 + 4*int(binary.BigEndian.Uint16(pkt[off+2:]))
+	}
+	end = len(pkt)
+	if pkt[0]&0x20 != 0 && end > 0 {
+		end -= int(pkt[end-1])
+	}
+	if end < off {
+		return 0, 0, false
+	}
+	return off, end, true
 }
 
 // Latency histogram: log-linear bins of microseconds, 8 per power of two

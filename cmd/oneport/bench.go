@@ -18,7 +18,7 @@ func benchCommand() *cli.Command {
 	return &cli.Command{
 		Name:        "bench",
 		Usage:       "measure oneport",
-		Subcommands: []*cli.Command{benchMuxCommand(), benchFanoutCommand()},
+		Subcommands: []*cli.Command{benchMuxCommand(), benchFanoutCommand(), benchLoadCommand(), benchReplayCommand()},
 	}
 }
 
