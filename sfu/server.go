@@ -78,6 +78,15 @@ type Refusals struct {
 	BodyTooBig  uint64 `json:"body_too_big"` // MaxBodyBytes exceeded: 413
 }
 
+// RefusalReasons names Refusals' counters, in the order Counts returns
+// them: the metrics' reason label values.
+var RefusalReasons = [...]string{"server_full", "rooms", "room_full", "watchers", "rate_limited", "sdp_limits", "body_too_big"}
+
+// Counts returns the counters in RefusalReasons' order.
+func (r Refusals) Counts() [len(RefusalReasons)]uint64 {
+	return [...]uint64{r.ServerFull, r.Rooms, r.RoomFull, r.Watchers, r.RateLimited, r.SDPLimits, r.BodyTooBig}
+}
+
 // Stats is a snapshot of the server for metrics.
 type Stats struct {
 	Rooms        int `json:"rooms"`

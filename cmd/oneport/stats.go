@@ -28,21 +28,17 @@ func mediaStats(st mux.Stats) lbhealth.MediaStats {
 }
 
 func sfuStats(st sfu.Stats) lbhealth.SFUStats {
+	var refused []lbhealth.DropCount
+	for i, n := range st.Refused.Counts() {
+		refused = append(refused, lbhealth.DropCount{Reason: sfu.RefusalReasons[i], Packets: n})
+	}
 	return lbhealth.SFUStats{
+		Refused:      refused,
 		Rooms:        uint64(st.Rooms),
 		Participants: uint64(st.Participants),
 		Tracks:       uint64(st.Tracks),
 		Subscribers:  uint64(st.Subscribers),
 		Forwarded:    lbhealth.Traffic{Packets: st.ForwardedPackets, Bytes: st.ForwardedBytes},
-		Refused: []lbhealth.DropCount{
-			{Reason: "server_full", Packets: st.Refused.ServerFull},
-			{Reason: "rooms", Packets: st.Refused.Rooms},
-			{Reason: "room_full", Packets: st.Refused.RoomFull},
-			{Reason: "watchers", Packets: st.Refused.Watchers},
-			{Reason: "rate_limited", Packets: st.Refused.RateLimited},
-			{Reason: "sdp_limits", Packets: st.Refused.SDPLimits},
-			{Reason: "body_too_big", Packets: st.Refused.BodyTooBig},
-		},
 	}
 }
 

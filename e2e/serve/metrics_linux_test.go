@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/oneport/oneport/mux"
+	"github.com/oneport/oneport/sfu"
 )
 
 // allowedLabels is every label a oneport_ series may carry, with the values
@@ -15,6 +16,7 @@ func allowedLabels() map[string][]string {
 	for r := mux.DropReason(0); r < mux.NumDropReasons; r++ {
 		reasons = append(reasons, r.String())
 	}
+	reasons = append(reasons, sfu.RefusalReasons[:]...)
 	return map[string][]string{
 		"direction": {"in", "out"},
 		"class":     {"stun", "dtls", "rtp", "other"},
