@@ -266,23 +266,33 @@ func (s *Server) handleOffer(role participantRole) http.HandlerFunc {
 	}
 }
 
+// resourceRequest checks a request addressed to one participant's resource
+// and reads its body of the given content type; on failure it has answered.
+func (s *Server) resourceRequest(w http.ResponseWriter, r *http.Request, role participantRole, contentType string) (*participant, []byte, bool) {
+	name, ok := s.roomParam(w, r)
+	if !ok || !s.checkRequest(w, r, "") {
+		return nil, nil, false
+	}
+	p, err := s.resource(name, r.PathValue("id"), role)
+	if err != nil {
+		s.httpError(w, err)
+		return nil, nil, false
+	}
+	if !s.checkRequest(w, r, contentType) {
+		return nil, nil, false
+	}
+	body, err := s.readBody(w, r)
+	if err != nil {
+		s.httpError(w, err)
+		return nil, nil, false
+	}
+	return p, body, true
+}
+
 func (s *Server) handlePatch(role participantRole) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		name, ok := s.roomParam(w, r)
-		if !ok || !s.checkRequest(w, r, "") {
-			return
-		}
-		p, err := s.resource(name, r.PathValue("id"), role)
-		if err != nil {
-			s.httpError(w, err)
-			return
-		}
-		if !s.checkRequest(w, r, mimeTrickle) {
-			return
-		}
-		body, err := s.readBody(w, r)
-		if err != nil {
-			s.httpError(w, err)
+		p, body, ok := s.resourceRequest(w, r, role, mimeTrickle)
+		if !ok {
 			return
 		}
 		frag, err := parseTrickleFragment(string(body), s.cfg.sdpLimits())
@@ -435,21 +445,8 @@ func parseLayerRequest(b []byte) (layerRequest, error) {
 }
 
 func (s *Server) handleLayer(w http.ResponseWriter, r *http.Request) {
-	name, ok := s.roomParam(w, r)
-	if !ok || !s.checkRequest(w, r, "") {
-		return
-	}
-	p, err := s.resource(name, r.PathValue("id"), roleSubscriber)
-	if err != nil {
-		s.httpError(w, err)
-		return
-	}
-	if !s.checkRequest(w, r, mimeJSON) {
-		return
-	}
-	body, err := s.readBody(w, r)
-	if err != nil {
-		s.httpError(w, err)
+	p, body, ok := s.resourceRequest(w, r, roleSubscriber, mimeJSON)
+	if !ok {
 		return
 	}
 	req, err := parseLayerRequest(body)
