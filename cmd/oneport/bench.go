@@ -1,9 +1,11 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -59,18 +61,35 @@ func benchMuxCommand() *cli.Command {
 				Mux:            mux.Config{Sockets: c.Int("mux-sockets")},
 				Logger:         log,
 			}
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			ctx, stop := benchContext()
 			defer stop()
 			rep, err := bench.RunMux(ctx, cfg)
-			if err != nil {
-				return fmt.Errorf("bench mux: %w", err)
-			}
-			if c.Bool("json") {
-				enc := json.NewEncoder(c.App.Writer)
-				enc.SetIndent("", "  ")
-				return enc.Encode(rep)
-			}
-			return rep.WriteText(c.App.Writer)
+			return printReport(c, "mux", rep, len(rep.Receivers) > 0, err)
 		},
 	}
+}
+
+// benchContext is cancelled by SIGINT or SIGTERM, so a bench stops early,
+// cleans up what it made and still reports what it measured.
+func benchContext() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+}
+
+// printReport writes a bench's report, as JSON with --json or as its text
+// table when it holds anything, and returns the run's error (or the
+// writing's) with the bench's name.
+func printReport(c *cli.Context, name string, rep interface{ WriteText(io.Writer) error }, hasData bool, runErr error) error {
+	var werr error
+	switch {
+	case c.Bool("json"):
+		enc := json.NewEncoder(c.App.Writer)
+		enc.SetIndent("", "  ")
+		werr = enc.Encode(rep)
+	case hasData:
+		werr = rep.WriteText(c.App.Writer)
+	}
+	if err := cmp.Or(runErr, werr); err != nil {
+		return fmt.Errorf("bench %s: %w", name, err)
+	}
+	return nil
 }

@@ -1,12 +1,8 @@
 package main
 
 import (
-	"context"
-	"encoding/json"
 	"fmt"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/urfave/cli/v2"
 
@@ -57,24 +53,10 @@ func benchFanoutCommand() *cli.Command {
 				ProfileDir:      c.String("profile-dir"),
 				Logger:          log,
 			}
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			ctx, stop := benchContext()
 			defer stop()
 			rep, err := bench.RunFanout(ctx, cfg)
-			if c.Bool("json") {
-				enc := json.NewEncoder(c.App.Writer)
-				enc.SetIndent("", "  ")
-				if jerr := enc.Encode(rep); jerr != nil && err == nil {
-					err = jerr
-				}
-			} else if len(rep.Servers) > 0 {
-				if terr := rep.WriteText(c.App.Writer); terr != nil && err == nil {
-					err = terr
-				}
-			}
-			if err != nil {
-				return fmt.Errorf("bench fanout: %w", err)
-			}
-			return nil
+			return printReport(c, "fanout", rep, len(rep.Servers) > 0, err)
 		},
 	}
 }

@@ -1,12 +1,8 @@
 package main
 
 import (
-	"context"
-	"encoding/json"
 	"fmt"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/urfave/cli/v2"
 
@@ -65,7 +61,7 @@ func benchLoadCommand() *cli.Command {
 			if !c.Bool("quiet") {
 				cfg.Progress = os.Stderr
 			}
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			ctx, stop := benchContext()
 			defer stop()
 			rep, err := bench.RunLoad(ctx, cfg)
 			if path := c.String("report"); path != "" && !rep.Started.IsZero() {
@@ -73,21 +69,7 @@ func benchLoadCommand() *cli.Command {
 					err = werr
 				}
 			}
-			if c.Bool("json") {
-				enc := json.NewEncoder(c.App.Writer)
-				enc.SetIndent("", "  ")
-				if jerr := enc.Encode(rep); jerr != nil && err == nil {
-					err = jerr
-				}
-			} else if !rep.Started.IsZero() {
-				if terr := rep.WriteText(c.App.Writer); terr != nil && err == nil {
-					err = terr
-				}
-			}
-			if err != nil {
-				return fmt.Errorf("bench load: %w", err)
-			}
-			return nil
+			return printReport(c, "load", rep, !rep.Started.IsZero(), err)
 		},
 	}
 }

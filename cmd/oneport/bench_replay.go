@@ -1,12 +1,7 @@
 package main
 
 import (
-	"context"
-	"encoding/json"
 	"fmt"
-	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/urfave/cli/v2"
 
@@ -33,7 +28,7 @@ func benchReplayCommand() *cli.Command {
 			if c.String("capture") == "" {
 				return fmt.Errorf("bench replay: --capture is required")
 			}
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			ctx, stop := benchContext()
 			defer stop()
 			rep, err := bench.RunReplay(ctx, bench.ReplayConfig{
 				Capture: c.String("capture"),
@@ -42,15 +37,7 @@ func benchReplayCommand() *cli.Command {
 				Mux:     mux.Config{Sockets: c.Int("mux-sockets")},
 				Logger:  log,
 			})
-			if err != nil {
-				return fmt.Errorf("bench replay: %w", err)
-			}
-			if c.Bool("json") {
-				enc := json.NewEncoder(c.App.Writer)
-				enc.SetIndent("", "  ")
-				return enc.Encode(rep)
-			}
-			return rep.WriteText(c.App.Writer)
+			return printReport(c, "replay", rep, err == nil, err)
 		},
 	}
 }
