@@ -267,6 +267,24 @@ func (m *Mux) Bound() error {
 // LocalAddr is the address the port is bound to.
 func (m *Mux) LocalAddr() net.Addr { return m.laddr }
 
+// Cork holds the writes of every goroutine on every socket in the send queue
+// until the matching Uncork, which sends them in sendmmsg batches. A caller
+// about to write a burst corks, writes, and uncorks at once: datagrams wait
+// only for the rest of the burst. A queue that fills sends at once, as it
+// would uncorked. Calls nest and may overlap across goroutines.
+func (m *Mux) Cork() {
+	for _, s := range m.socks {
+		s.wr.corked.Add(1)
+	}
+}
+
+// Uncork ends a Cork and sends what the sockets queued.
+func (m *Mux) Uncork() {
+	for _, s := range m.socks {
+		s.wr.uncork()
+	}
+}
+
 // GetListenAddresses reports the addresses ICE agents advertise as host
 // candidates (Config.Advertise, or the bound addresses).
 func (m *Mux) GetListenAddresses() []net.Addr {

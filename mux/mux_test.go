@@ -441,3 +441,70 @@ func testConcurrentWriters(t *testing.T, qlen int) {
 	}
 	t.Logf("%d of %d datagrams queued behind another send", st.QueuedOut, writers*each)
 }
+
+// Corked writes wait in the queue, leave in order in sendmmsg batches on
+// Uncork, allocate nothing, and a queue that fills while corked sends at
+// once instead of dropping or blocking.
+func TestCorkBatchesWrites(t *testing.T) {
+	const qlen = 64
+	m := listenTest(t, "127.0.0.1:0", Config{Sockets: 2, WriteQueueLen: qlen})
+	sc, err := m.GetConn("corked", m.LocalAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	cl := client(t, "udp4", "127.0.0.1:0")
+	cl.SetReadBuffer(4 << 20)
+	pkt := rtpPacket(0, 200)
+	send := func(from, n int) {
+		for j := from; j < from+n; j++ {
+			binary.BigEndian.PutUint32(pkt[8:], uint32(j))
+			if _, err := sc.WriteTo(pkt, cl.LocalAddr()); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	m.Cork()
+	send(0, 10)
+	if _, _, err := readTimeout(t, cl, 50*time.Millisecond); err == nil {
+		t.Fatal("a corked write left before Uncork")
+	}
+	m.Cork() // nested
+	send(10, 10)
+	m.Uncork()
+	m.Uncork()
+	m.Cork()
+	send(20, 3*qlen) // fills the queue: sends at once
+	m.Uncork()
+	total := 20 + 3*qlen
+	for j := 0; j < total; j++ {
+		b, _, err := readTimeout(t, cl, 2*time.Second)
+		if err != nil {
+			t.Fatalf("datagram %d: %v", j, err)
+		}
+		if got := binary.BigEndian.Uint32(b[8:]); got != uint32(j) {
+			t.Fatalf("datagram %d arrived in place %d", got, j)
+		}
+	}
+	st := m.Stats()
+	if st.PacketsOut[ClassRTP] != uint64(total) || st.TotalDrops() != 0 || st.QueuedOut < 20 {
+		t.Fatalf("out %d queued %d drops %v", st.PacketsOut[ClassRTP], st.QueuedOut, st.Drops)
+	}
+	if raceEnabled {
+		return
+	}
+	c := sc.(interface {
+		WriteToAddrPort([]byte, netip.AddrPort) (int, error)
+	})
+	to := cl.LocalAddr().(*net.UDPAddr).AddrPort()
+	allocs := testing.AllocsPerRun(100, func() {
+		m.Cork()
+		for range 8 {
+			c.WriteToAddrPort(pkt, to)
+		}
+		m.Uncork()
+	})
+	if allocs != 0 {
+		t.Fatalf("%v allocations per corked burst, want 0", allocs)
+	}
+}

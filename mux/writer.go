@@ -19,6 +19,11 @@ type outPkt struct {
 // latency); writers that find a send in progress queue a copy, and whoever
 // holds the socket next sends the queue in one sendmmsg before its own
 // datagram, so per-caller order is kept.
+//
+// While corked (Mux.Cork), writes queue even on an idle socket, and Uncork
+// sends the queue in sendmmsg batches: a goroutine that writes a burst, such
+// as one packet fanned out to many subscribers, pays one system call per
+// batch instead of one per datagram.
 type writer struct {
 	s *socket
 
@@ -28,6 +33,8 @@ type writer struct {
 	qmu     sync.Mutex
 	q       []outPkt     // guarded by qmu: waiting datagrams, at most WriteQueueLen
 	pending atomic.Int32 // len(q), readable without qmu
+
+	corked atomic.Int32 // Cork calls not yet matched by Uncork
 
 	stats   counters
 	batched atomic.Uint64 // datagrams that left queued behind another send
@@ -45,6 +52,14 @@ func (w *writer) init(s *socket) {
 // send on a full socket buffer would, rather than drop a datagram the
 // kernel would take: the queue bounds memory, callers get backpressure.
 func (w *writer) write(b []byte, to netip.AddrPort) (int, error) {
+	if w.corked.Load() > 0 && w.enqueue(b, to) {
+		// Uncork flushes; if it ran between the check and the enqueue, the
+		// datagram would be stranded, so look again.
+		if w.corked.Load() == 0 {
+			w.flush()
+		}
+		return len(b), nil
+	}
 	if !w.sendMu.TryLock() {
 		if w.enqueue(b, to) {
 			w.flush()
@@ -122,4 +137,10 @@ func (w *writer) sendOneLocked(b []byte, to netip.AddrPort) error {
 	}
 	w.stats.count(Classify(b), len(b))
 	return nil
+}
+
+// uncork ends one Cork and sends what is queued.
+func (w *writer) uncork() {
+	w.corked.Add(-1)
+	w.flush()
 }

@@ -8,6 +8,7 @@ import (
 	"math"
 	"net/http"
 	"net/netip"
+	"runtime"
 	"time"
 
 	"github.com/pion/ice/v4"
@@ -104,9 +105,13 @@ type Config struct {
 	// (cluster.Node.ClientIP).
 	ClientIP func(*http.Request) netip.Addr
 
-	// QueuePackets is each subscriber's send queue length in packets; when it
-	// is full new packets for that subscriber are dropped and counted.
-	// Default 512.
+	// SendWorkers is how many goroutines write media to subscribers; each
+	// subscriber belongs to one (see fanout.go). Default: GOMAXPROCS.
+	SendWorkers int
+
+	// QueuePackets is each send worker's queue length, in packets (a packet
+	// for all of that worker's subscribers of it is one entry); when it is
+	// full a packet is dropped and counted for each of them. Default 4096.
 	QueuePackets int
 
 	// KeyframeInterval is the least time between two keyframe requests (PLI)
@@ -200,8 +205,11 @@ func (c *Config) applyDefaults() error {
 	if c.ClientIP == nil {
 		c.ClientIP = RemoteIP
 	}
+	if c.SendWorkers == 0 {
+		c.SendWorkers = runtime.GOMAXPROCS(0)
+	}
 	if c.QueuePackets == 0 {
-		c.QueuePackets = 512
+		c.QueuePackets = 4096
 	}
 	if c.KeyframeInterval == 0 {
 		c.KeyframeInterval = 500 * time.Millisecond
@@ -223,7 +231,7 @@ func (c *Config) applyDefaults() error {
 	}
 	switch {
 	case c.EmptyTimeout < 0, c.SweepInterval < 0, c.MaxBodyBytes < 0, c.MaxParticipants < 0,
-		c.MaxWatchers < 0, c.QueuePackets < 0, c.KeyframeInterval < 0, c.GatherTimeout < 0,
+		c.MaxWatchers < 0, c.QueuePackets < 0, c.SendWorkers < 0, c.KeyframeInterval < 0, c.GatherTimeout < 0,
 		c.ICEDisconnectedTimeout < 0, c.ICEFailedTimeout < 0, c.ICEKeepaliveInterval < 0,
 		c.MaxRooms < 0, c.MaxRoomParticipants < 0, c.MaxMediaSections < 0, c.MaxCandidatesPerMedia < 0,
 		c.MaxCandidates < 0, c.SignalingBurst < 0, c.MaxSignalingClients < 0:

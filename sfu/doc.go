@@ -8,13 +8,17 @@
 // published track has up to three simulcast layers (rids).
 //
 // Data path. One goroutine per received layer reads decrypted RTP, classifies
-// it in place (header, keyframe start), and offers it to the atomic snapshot of
-// the track's downTracks; each subscriber has one bounded packet queue (a free
-// list and a ready list of preallocated buffers) drained by its own writer
-// goroutine, which rewrites SSRC, payload type, sequence number and timestamp
-// and writes to pion. A full queue drops and counts; a slow subscriber never
-// blocks the reader or other subscribers. Nothing on this path allocates or
-// takes a lock shared with other subscribers.
+// it in place (header, keyframe start), stores it once in the layer's packet
+// history (a ring by sequence number, history.go) and hands a reference to
+// the send workers (fanout.go) that own its subscribers: one job per worker,
+// not per subscriber. Each subscriber belongs to one worker, which rewrites
+// SSRC, payload type, sequence number and timestamp for it and writes to
+// pion, the worker's burst corked so oneport's mux sends it in sendmmsg
+// batches. Subscribers' NACKs are answered by their worker from the same
+// history. Queues are bounded; a full one drops and counts, and a packet
+// overwritten while queued is dropped as late. Nothing on this path
+// allocates once warm; a packet is copied once however many subscribers it
+// goes to.
 //
 // Invariants.
 //   - Lock order: Server.mu, then room.mu, then participant.mu. No lock is held

@@ -2,6 +2,8 @@ package sfu
 
 import (
 	"fmt"
+	"strconv"
+	"strings"
 	"sync/atomic"
 
 	"github.com/pion/rtcp"
@@ -12,56 +14,19 @@ import (
 // maxPacket is the largest RTP packet forwarded (pion's receive MTU is 1460).
 const maxPacket = 1500
 
-// queuedPacket is one packet waiting in a subscriber's send queue.
-type queuedPacket struct {
-	d     *downTrack
-	layer int32
-	kf    bool
-	h     rtpInfo
-	at    int64 // monotonic ns of arrival
-	n     int
-	buf   [maxPacket]byte
-}
-
-// sendQueue is a subscriber's bounded packet queue: buffers cycle between free
-// and ready, so pushing and popping allocate nothing once warm. Buffers are
-// allocated lazily up to the bound, so an idle subscriber costs little memory.
-type sendQueue struct {
-	free      chan *queuedPacket
-	ready     chan *queuedPacket
-	allocated atomic.Int64
-	limit     int64
-}
-
-func newSendQueue(n int) *sendQueue {
-	return &sendQueue{free: make(chan *queuedPacket, n), ready: make(chan *queuedPacket, n), limit: int64(n)}
-}
-
-// get returns an unused buffer, or nil when the queue is full.
-func (q *sendQueue) get() *queuedPacket {
-	select {
-	case p := <-q.free:
-		return p
-	default:
-	}
-	if q.allocated.Add(1) <= q.limit {
-		return new(queuedPacket)
-	}
-	q.allocated.Add(-1)
-	return nil
-}
-
 // binding is what pion hands a downTrack when its sender starts.
 type binding struct {
 	ssrc      uint32
 	pt        uint8
 	clockRate uint32
+	rtxSSRC   uint32 // 0: no RTX stream; retransmissions reuse the media SSRC
+	rtxPT     uint8
 	writer    webrtc.TrackLocalWriter
 }
 
 // downTrack is one published track as sent to one subscriber. It implements
 // webrtc.TrackLocal. The atomics are shared with the publisher's readers and
-// the API; w is owned by the subscriber's writer goroutine.
+// the API; w is owned by the subscriber's send worker.
 type downTrack struct {
 	id     string
 	sub    *participant
@@ -71,7 +36,7 @@ type downTrack struct {
 	bind    atomic.Pointer[binding]
 	target  atomic.Int32 // layer the subscriber wants
 	auto    atomic.Bool  // no explicit choice: follow the highest flowing layer
-	current atomic.Int32 // layer being forwarded; -1 before the first keyframe. Written by the writer only.
+	current atomic.Int32 // layer being forwarded; -1 before the first keyframe. Written by the send worker only.
 
 	packets      atomic.Uint64
 	bytes        atomic.Uint64
@@ -81,7 +46,7 @@ type downTrack struct {
 	w writerState
 }
 
-// writerState is the rewriting state, touched only by the writer goroutine.
+// writerState is the rewriting state, touched only by the send worker.
 type writerState struct {
 	started bool
 	rebase  bool
@@ -93,6 +58,8 @@ type writerState struct {
 	lastTS  uint32
 	lastAt  int64
 	hdr     rtp.Header
+	rtxSeq  uint16
+	rtx     [maxPacket + 2]byte // an RTX payload: original sequence number, then payload
 }
 
 var _ webrtc.TrackLocal = (*downTrack)(nil)
@@ -111,7 +78,13 @@ func (d *downTrack) Bind(ctx webrtc.TrackLocalContext) (webrtc.RTPCodecParameter
 	if !ok {
 		return webrtc.RTPCodecParameters{}, fmt.Errorf("%w: subscriber cannot receive %s", ErrNoCommonCodec, d.src.codec.MimeType)
 	}
-	d.bind.Store(&binding{ssrc: uint32(ctx.SSRC()), pt: uint8(c.PayloadType), clockRate: c.ClockRate, writer: ctx.WriteStream()})
+	b := &binding{ssrc: uint32(ctx.SSRC()), pt: uint8(c.PayloadType), clockRate: c.ClockRate, writer: ctx.WriteStream()}
+	if rtx := uint32(ctx.SSRCRetransmission()); rtx != 0 {
+		if pt, ok := rtxPayloadType(ctx.CodecParameters(), c.PayloadType); ok {
+			b.rtxSSRC, b.rtxPT = rtx, pt
+		}
+	}
+	d.bind.Store(b)
 	return c, nil
 }
 
@@ -126,67 +99,66 @@ func (d *downTrack) RID() string               { return "" }
 func (d *downTrack) StreamID() string          { return d.src.pub.id }
 func (d *downTrack) Kind() webrtc.RTPCodecType { return d.src.kind }
 
-// offer queues packet b of layer for this subscriber, or drops and counts it
-// when the queue is full. Called from publisher reader goroutines; no locks.
-func (d *downTrack) offer(layer int32, b []byte, h *rtpInfo, kf bool, now int64) {
-	if !d.sub.connected.Load() || len(b) > maxPacket {
+// write rewrites and sends packet gen of layer from its history slot, if
+// this subscriber takes that layer. Its send worker only.
+func (d *downTrack) write(s *histSlot, gen uint64, layer int32) {
+	if !d.sub.connected.Load() {
 		return
 	}
-	if layer != d.current.Load() && layer != d.target.Load() {
+	cur, target := d.current.Load(), d.target.Load()
+	if layer != cur && layer != target {
 		return
 	}
-	q := d.sub.queue
-	p := q.get()
-	if p == nil {
-		d.drops.Add(1)
-		d.sub.s.stats.drops.Add(1)
-		return
-	}
-	p.d, p.layer, p.kf, p.h, p.at = d, layer, kf, *h, now
-	p.n = copy(p.buf[:], b)
-	q.ready <- p // never blocks: at most limit buffers exist
-}
-
-// write rewrites and sends one queued packet. Writer goroutine only.
-func (d *downTrack) write(p *queuedPacket) {
 	b := d.bind.Load()
 	if b == nil {
 		return
 	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.gen != gen { // overwritten while queued: far too late to send
+		d.drops.Add(1)
+		d.sub.s.stats.drops.Add(1)
+		d.sub.s.stats.late.Add(1)
+		return
+	}
 	w := &d.w
-	cur, target := d.current.Load(), d.target.Load()
-	if p.layer != cur {
-		if p.layer != target || !p.kf {
+	if layer != cur {
+		if layer != target || !s.kf {
 			d.src.requestKeyframe(target) // rate-limited; usually a no-op
 			return
 		}
-		d.current.Store(p.layer)
-		cur = p.layer
+		d.current.Store(layer)
+		cur = layer
 		w.rebase = true
 	} else if target != cur {
 		d.src.requestKeyframe(target)
 	}
-	if !w.started || w.rebase || p.h.ssrc != w.srcSSRC {
-		d.rebase(p, b.clockRate)
+	if !w.started || w.rebase || s.h.ssrc != w.srcSSRC {
+		d.rebase(&s.h, s.at, b.clockRate)
 	}
-	if int16(p.h.seq-w.baseSeq) < 0 { // older than the switch point: would collide
+	if int16(s.h.seq-w.baseSeq) < 0 { // older than the switch point: would collide
 		return
 	}
-	seq := p.h.seq + w.seqOff
-	ts := p.h.ts + w.tsOff
+	seq := s.h.seq + w.seqOff
+	ts := s.h.ts + w.tsOff
 	if int16(seq-w.lastSeq) > 0 {
-		w.lastSeq, w.lastTS, w.lastAt = seq, ts, p.at
+		w.lastSeq, w.lastTS, w.lastAt = seq, ts, s.at
 	}
-	h := &w.hdr
+	d.send(b, b.ssrc, b.pt, seq, ts, s.h.marker, s.payload())
+}
+
+// send writes one rewritten packet. Send worker only.
+func (d *downTrack) send(b *binding, ssrc uint32, pt uint8, seq uint16, ts uint32, marker bool, payload []byte) {
+	h := &d.w.hdr
 	h.Version = 2
 	h.Padding = false
 	h.Extension = false
-	h.Marker = p.h.marker
-	h.PayloadType = b.pt
+	h.Marker = marker
+	h.PayloadType = pt
 	h.SequenceNumber = seq
 	h.Timestamp = ts
-	h.SSRC = b.ssrc
-	n, err := b.writer.WriteRTP(h, p.buf[p.h.payloadOff:p.h.payloadEnd])
+	h.SSRC = ssrc
+	n, err := b.writer.WriteRTP(h, payload)
 	if err != nil {
 		d.sub.s.stats.writeErrors.Add(1)
 		return
@@ -197,27 +169,63 @@ func (d *downTrack) write(p *queuedPacket) {
 	d.sub.s.stats.forwardedBytes.Add(uint64(n))
 }
 
+// retransmit answers a subscriber's NACK for its sequence number seq from the
+// current layer's history: on the RTX stream when one was negotiated (RFC
+// 4588: original sequence number, then the payload), else as the original
+// packet. Packets from before the last switch of layer or source are gone
+// from the subscriber's numbering and count as misses. Send worker only.
+func (d *downTrack) retransmit(seq uint16) {
+	b, w := d.bind.Load(), &d.w
+	cur := d.current.Load()
+	if b == nil || !w.started || cur < 0 {
+		d.sub.s.stats.nackMisses.Add(1)
+		return
+	}
+	src := seq - w.seqOff
+	if int16(src-w.baseSeq) < 0 || int16(w.lastSeq-seq) < 0 {
+		d.sub.s.stats.nackMisses.Add(1)
+		return
+	}
+	s := d.src.layers[cur].hist.slot(src)
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.gen == 0 || s.h.seq != src || s.h.ssrc != w.srcSSRC {
+		d.sub.s.stats.nackMisses.Add(1)
+		return
+	}
+	ts := s.h.ts + w.tsOff
+	d.sub.s.stats.retransmits.Add(1)
+	if b.rtxSSRC == 0 {
+		d.send(b, b.ssrc, b.pt, seq, ts, s.h.marker, s.payload())
+		return
+	}
+	w.rtx[0], w.rtx[1] = byte(seq>>8), byte(seq)
+	n := copy(w.rtx[2:], s.payload())
+	w.rtxSeq++
+	d.send(b, b.rtxSSRC, b.rtxPT, w.rtxSeq, ts, s.h.marker, w.rtx[:2+n])
+}
+
 // rebase continues the subscriber's sequence and timestamp spaces across a
 // change of source (layer switch, publisher SSRC change): the next packet is
 // lastSeq+1, and its timestamp advances by the real time since the last one.
-func (d *downTrack) rebase(p *queuedPacket, clockRate uint32) {
+func (d *downTrack) rebase(h *rtpInfo, at int64, clockRate uint32) {
 	w := &d.w
 	if !w.started {
 		w.seqOff, w.tsOff = 0, 0
-		w.lastSeq, w.lastTS, w.lastAt = p.h.seq-1, p.h.ts, p.at
+		w.lastSeq, w.lastTS, w.lastAt = h.seq-1, h.ts, at
 		w.started = true
 	} else {
-		w.seqOff = w.lastSeq + 1 - p.h.seq
+		w.seqOff = w.lastSeq + 1 - h.seq
 		delta := uint32(1)
-		if el := p.at - w.lastAt; el > 0 && clockRate > 0 {
+		if el := at - w.lastAt; el > 0 && clockRate > 0 {
 			if dt := uint32(uint64(el) * uint64(clockRate) / 1e9); dt > 0 {
 				delta = dt
 			}
 		}
-		w.tsOff = w.lastTS + delta - p.h.ts
+		w.tsOff = w.lastTS + delta - h.ts
 	}
-	w.srcSSRC = p.h.ssrc
-	w.baseSeq = p.h.seq
+	w.srcSSRC = h.ssrc
+	w.baseSeq = h.seq
 	w.rebase = false
 }
 
@@ -239,6 +247,8 @@ func (d *downTrack) rtcpLoop() {
 					l = d.target.Load()
 				}
 				d.src.requestKeyframe(l)
+			case *rtcp.TransportLayerNack:
+				d.queueNACK(pk)
 			case *rtcp.ReceiverReport:
 				for _, r := range pk.Reports {
 					d.fractionLost.Store(uint32(r.FractionLost))
@@ -246,4 +256,37 @@ func (d *downTrack) rtcpLoop() {
 			}
 		}
 	}
+}
+
+// maxNACKPerPacket bounds the retransmissions one RTCP NACK can ask for (a
+// single packet can name thousands); the rest count as misses.
+const maxNACKPerPacket = 128
+
+// queueNACK queues the sequence numbers a subscriber NACKed for its send
+// worker, which alone knows how they map onto the source. RTCP reader
+// goroutine.
+func (d *downTrack) queueNACK(n *rtcp.TransportLayerNack) {
+	budget := maxNACKPerPacket
+	for _, pair := range n.Nacks {
+		pair.Range(func(seq uint16) bool {
+			if budget == 0 {
+				d.sub.s.stats.nackMisses.Add(1)
+				return true
+			}
+			budget--
+			d.sub.worker.submit(fanJob{nack: d, seq: seq}, &d.sub.s.stats)
+			return true
+		})
+	}
+}
+
+// rtxPayloadType is the RTX payload type whose apt names pt, if negotiated.
+func rtxPayloadType(codecs []webrtc.RTPCodecParameters, pt webrtc.PayloadType) (uint8, bool) {
+	apt := strconv.Itoa(int(pt))
+	for _, c := range codecs {
+		if strings.EqualFold(c.MimeType, webrtc.MimeTypeRTX) && fmtpParam(c.SDPFmtpLine, "apt") == apt {
+			return uint8(c.PayloadType), true
+		}
+	}
+	return 0, false
 }

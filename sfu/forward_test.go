@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pion/rtcp"
 	"github.com/pion/rtp"
 	"github.com/pion/webrtc/v4"
 )
@@ -90,9 +91,9 @@ func newBareDown(t testing.TB, layers []string, w *fakeWriter) (*pubTrack, *down
 	cfg := Config{UDPMux: nil}
 	cfg.KeyframeInterval = time.Hour
 	cfg.QueuePackets = 64
-	s := &Server{cfg: cfg, epoch: time.Now()}
+	s := &Server{cfg: cfg, epoch: time.Now(), fan: newFanout(2, cfg.QueuePackets, nil)}
 	pub := &participant{s: s, id: "pub"}
-	sub := &participant{s: s, id: "sub", queue: newSendQueue(cfg.QueuePackets)}
+	sub := &participant{s: s, id: "sub", worker: s.fan.assign()}
 	sub.connected.Store(true)
 	tr := newPubTrack(pub, "0", webrtc.RTPCodecTypeVideo, webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeVP8, ClockRate: 90000}, layers)
 	d := newDownTrack(sub, tr, tr.highestLayer())
@@ -101,22 +102,11 @@ func newBareDown(t testing.TB, layers []string, w *fakeWriter) (*pubTrack, *down
 	return tr, d, sub
 }
 
-// drain writes every queued packet, as the writer goroutine does.
-func drain(sub *participant) {
-	for {
-		select {
-		case qp := <-sub.queue.ready:
-			qp.d.write(qp)
-			qp.d = nil
-			sub.queue.free <- qp
-		default:
-			return
-		}
-	}
-}
+// drain runs every queued job, as the send workers do.
+func drain(sub *participant) { sub.s.fan.drain() }
 
-// The per-packet path (classify, fan out, queue, rewrite, write) allocates
-// nothing once the queue is warm.
+// The per-packet path (classify, store, fan out, queue, rewrite, write)
+// allocates nothing once the history is warm.
 func TestForwardAllocs(t *testing.T) {
 	w := &fakeWriter{}
 	tr, _, sub := newBareDown(t, nil, w)
@@ -125,6 +115,13 @@ func TestForwardAllocs(t *testing.T) {
 	tr.forward(tr.layers[0], key, 1)
 	drain(sub)
 	seq := uint16(1001)
+	for range historyVideo { // every history slot gets its buffer
+		binary.BigEndian.PutUint16(inter[2:], seq)
+		seq++
+		tr.forward(tr.layers[0], inter, 2)
+		drain(sub)
+	}
+	w.n = 1
 	allocs := testing.AllocsPerRun(1000, func() {
 		binary.BigEndian.PutUint16(inter[2:], seq)
 		seq++
@@ -189,6 +186,95 @@ func TestRewriteAcrossSwitches(t *testing.T) {
 			t.Fatalf("sent timestamps %v, want %v", tss, wantTS)
 		}
 	}
+}
+
+// A NACK is answered from the layer's history with the subscriber's own
+// numbering: on the RTX stream when one is bound (original sequence number
+// first), else as the original packet. Packets no longer in the history, not
+// yet sent, or from before a layer switch are misses.
+func TestNACKFromHistory(t *testing.T) {
+	for _, rtx := range []bool{false, true} {
+		w := &fakeWriter{hdrs: []rtp.Header{}}
+		var payloads [][]byte
+		tr, d, sub := newBareDown(t, nil, w)
+		if rtx {
+			d.bind.Store(&binding{ssrc: 4242, pt: 100, clockRate: 90000, rtxSSRC: 4343, rtxPT: 101, writer: &recordWriter{w, &payloads}})
+		} else {
+			d.bind.Store(&binding{ssrc: 4242, pt: 100, clockRate: 90000, writer: &recordWriter{w, &payloads}})
+		}
+		for i := range 600 {
+			p := []byte{0x10, 0x11, 0x02, 0x00, byte(i)}
+			if i == 0 {
+				p[1] = 0x10
+			}
+			tr.forward(tr.layers[0], rtpPacket(uint16(7000+i), uint32(i*3000), 77, p), int64(i))
+			drain(sub)
+		}
+		if w.n != 600 {
+			t.Fatalf("rtx=%v: forwarded %d, want 600", rtx, w.n)
+		}
+		first := w.hdrs[0].SequenceNumber
+		want := first + 590 // in the history
+		d.queueNACK(&rtcp.TransportLayerNack{Nacks: []rtcp.NackPair{
+			{PacketID: want, LostPackets: 0b1}, // want and want+1
+			{PacketID: first + 5},              // overwritten: 512 slots
+			{PacketID: first + 700},            // never sent
+		}})
+		drain(sub)
+		got := w.hdrs[600:]
+		if len(got) != 2 {
+			t.Fatalf("rtx=%v: %d retransmissions, want 2", rtx, len(got))
+		}
+		for i, h := range got {
+			seq := want + uint16(i)
+			pl := payloads[600+i]
+			if rtx {
+				if h.SSRC != 4343 || h.PayloadType != 101 || binary.BigEndian.Uint16(pl) != seq || pl[len(pl)-1] != byte(590+i) {
+					t.Fatalf("rtx retransmission %d: %+v payload %x, want SSRC 4343 PT 101 OSN %d", i, h, pl, seq)
+				}
+			} else if h.SSRC != 4242 || h.SequenceNumber != seq || h.Timestamp != w.hdrs[590+i].Timestamp || pl[len(pl)-1] != byte(590+i) {
+				t.Fatalf("retransmission %d: %+v, want the original packet %+v", i, h, w.hdrs[590+i])
+			}
+		}
+		st := &sub.s.stats
+		if st.retransmits.Load() != 2 || st.nackMisses.Load() != 2 {
+			t.Fatalf("rtx=%v: retransmits %d misses %d, want 2 and 2", rtx, st.retransmits.Load(), st.nackMisses.Load())
+		}
+	}
+}
+
+// A reference whose slot was overwritten while it waited in a full queue is
+// dropped and counted, not sent with another packet's contents.
+func TestLateReferenceDropped(t *testing.T) {
+	w := &fakeWriter{hdrs: []rtp.Header{}}
+	tr, _, sub := newBareDown(t, nil, w)
+	sub.s.fan = newFanout(1, historyVideo+10, nil)
+	sub.worker = sub.s.fan.assign()
+	for i := range historyVideo + 10 {
+		p := []byte{0x10, 0x10, 0x02, 0x00, byte(i)} // every one a keyframe: the first ones are lost
+		tr.forward(tr.layers[0], rtpPacket(uint16(i), uint32(i*3000), 77, p), int64(i))
+	}
+	drain(sub)
+	st := &sub.s.stats
+	if w.n != historyVideo || st.late.Load() != 10 || st.drops.Load() != 10 {
+		t.Fatalf("sent %d late %d drops %d, want %d, 10, 10", w.n, st.late.Load(), st.drops.Load(), historyVideo)
+	}
+	for i, h := range w.hdrs {
+		if h.Timestamp != w.hdrs[0].Timestamp+uint32((i)*3000) {
+			t.Fatalf("packet %d has timestamp %d: another packet's contents", i, h.Timestamp)
+		}
+	}
+}
+
+// recordWriter is a fakeWriter that also keeps each payload.
+type recordWriter struct {
+	*fakeWriter
+	payloads *[][]byte
+}
+
+func (r *recordWriter) WriteRTP(h *rtp.Header, p []byte) (int, error) {
+	*r.payloads = append(*r.payloads, append([]byte(nil), p...))
+	return r.fakeWriter.WriteRTP(h, p)
 }
 
 func BenchmarkForward(b *testing.B) {

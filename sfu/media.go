@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/pion/interceptor"
+	"github.com/pion/interceptor/pkg/nack"
 	"github.com/pion/webrtc/v4"
 )
 
@@ -51,14 +52,20 @@ func newMediaEngine() (*webrtc.MediaEngine, error) {
 }
 
 // registerInterceptors installs the pion interceptors the SFU relies on: NACK
-// generation towards publishers and NACK answers to subscribers from a send
-// buffer, sender and receiver reports, simulcast header extensions, and
-// transport-wide congestion feedback to publishers (browsers' send-side
-// bandwidth estimation needs it to enable higher simulcast layers).
+// generation towards publishers, sender and receiver reports, simulcast
+// header extensions, and transport-wide congestion feedback to publishers
+// (browsers' send-side bandwidth estimation needs it to enable higher
+// simulcast layers). Subscribers' NACKs are answered by the sfu itself from
+// each layer's shared history (history.go), not by pion's responder, which
+// keeps a copy of every packet per subscriber.
 func registerInterceptors(me *webrtc.MediaEngine, ir *interceptor.Registry) error {
-	if err := webrtc.ConfigureNack(me, ir); err != nil {
+	gen, err := nack.NewGeneratorInterceptor()
+	if err != nil {
 		return err
 	}
+	me.RegisterFeedback(webrtc.RTCPFeedback{Type: "nack"}, webrtc.RTPCodecTypeVideo)
+	me.RegisterFeedback(webrtc.RTCPFeedback{Type: "nack", Parameter: "pli"}, webrtc.RTPCodecTypeVideo)
+	ir.Add(gen)
 	if err := webrtc.ConfigureRTCPReports(ir); err != nil {
 		return err
 	}

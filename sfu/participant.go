@@ -58,8 +58,8 @@ type participant struct {
 	tracks map[string]*pubTrack // by mid
 
 	// Subscriber.
-	downs []*downTrack
-	queue *sendQueue
+	downs  []*downTrack
+	worker *fanWorker // the send worker that writes to this subscriber
 }
 
 func (s *Server) newParticipant(r *room, role participantRole) (*participant, error) {
@@ -313,7 +313,7 @@ func (s *Server) subscribe(roomName, offer, publisher string) (*participant, str
 		r.abandon()
 		return nil, "", err
 	}
-	p.queue = newSendQueue(s.cfg.QueuePackets)
+	p.worker = s.fan.assign()
 	answer, err := p.negotiate(offer, func() error {
 		for _, t := range assigned {
 			d := newDownTrack(p, t, t.highestLayer())
@@ -336,7 +336,6 @@ func (s *Server) subscribe(roomName, offer, publisher string) (*participant, str
 		s.discard(p)
 		return nil, "", err
 	}
-	p.spawn(p.writeLoop)
 	if !r.join(p) {
 		s.remove(p, "room ended while joining")
 		return nil, "", fmt.Errorf("%w: room %q ended while joining", ErrClosed, roomName)
@@ -392,21 +391,6 @@ func assignTracks(info *offerInfo, tracks []*pubTrack) ([]*pubTrack, error) {
 	return out, nil
 }
 
-// writeLoop drains the subscriber's queue: rewrite and send each packet.
-func (p *participant) writeLoop() {
-	q := p.queue
-	for {
-		select {
-		case <-p.ctx.Done():
-			return
-		case qp := <-q.ready:
-			qp.d.write(qp)
-			qp.d = nil
-			q.free <- qp // never blocks: capacity is the buffer limit
-		}
-	}
-}
-
 // remove ends p completely: resource table, room (tracks, subscriptions,
 // events), PeerConnection (which releases its ufrag on the mux), goroutines.
 // Concurrent calls wait for the first.
@@ -430,6 +414,9 @@ func (s *Server) remove(p *participant, reason string) {
 		s.log.Debug().Err(err).Str("participant", p.id).Msg("close peer connection")
 	}
 	p.wg.Wait()
+	if p.worker != nil {
+		s.fan.release(p.worker)
+	}
 	s.log.Info().Str("room", p.room.name).Str("participant", p.id).Str("role", p.role.String()).Str("reason", reason).Msg("participant left")
 }
 

@@ -190,8 +190,7 @@ func (r *room) leave(p *participant) {
 			continue
 		}
 		t.unpublished = true
-		empty := []*downTrack{}
-		t.downs.Store(&empty)
+		t.setDownsLocked(nil)
 		r.emitLocked("track-unpublished", trackEvent(t))
 	}
 	r.tracks = kept
@@ -209,8 +208,21 @@ func (r *room) leave(p *participant) {
 func (t *pubTrack) addDownLocked(d *downTrack) {
 	old := *t.downs.Load()
 	n := make([]*downTrack, 0, len(old)+1)
-	n = append(append(n, old...), d)
-	t.downs.Store(&n)
+	t.setDownsLocked(append(append(n, old...), d))
+}
+
+// setDownsLocked publishes a new subscriber snapshot, and the same split by
+// send worker for the forwarding path; room.mu is held (or t is new).
+func (t *pubTrack) setDownsLocked(ds []*downTrack) {
+	if ds == nil {
+		ds = []*downTrack{}
+	}
+	by := make([][]*downTrack, len(t.pub.s.fan.workers))
+	for _, d := range ds {
+		by[d.sub.worker.idx] = append(by[d.sub.worker.idx], d)
+	}
+	t.byWorker.Store(&by)
+	t.downs.Store(&ds)
 }
 
 func (t *pubTrack) removeDownLocked(d *downTrack) {
@@ -221,7 +233,7 @@ func (t *pubTrack) removeDownLocked(d *downTrack) {
 			n = append(n, x)
 		}
 	}
-	t.downs.Store(&n)
+	t.setDownsLocked(n)
 }
 
 // tracksSnapshot returns the room's published tracks, optionally of one

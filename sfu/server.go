@@ -24,6 +24,7 @@ type Server struct {
 	cancel  context.CancelFunc
 	handler http.Handler
 	stats   counters
+	fan     *fanout            // send workers
 	limiter *ratelimit.Sources // signaling requests per client IP; nil when off
 	// tokenHash is the SHA-256 of Config.Token, compared in constant time.
 	tokenHash [sha256.Size]byte
@@ -49,6 +50,9 @@ type counters struct {
 	keyframeCoalesced atomic.Uint64
 	subscriberPLIs    atomic.Uint64
 	watcherDrops      atomic.Uint64
+	late              atomic.Uint64
+	retransmits       atomic.Uint64
+	nackMisses        atomic.Uint64
 	refused           [numRefusals]atomic.Uint64
 }
 
@@ -97,7 +101,10 @@ type Stats struct {
 
 	ForwardedPackets  uint64 `json:"forwarded_packets"`  // RTP packets written to subscribers
 	ForwardedBytes    uint64 `json:"forwarded_bytes"`    // their bytes (RTP, before SRTP)
-	SubscriberDrops   uint64 `json:"subscriber_drops"`   // packets dropped because a subscriber's queue was full
+	SubscriberDrops   uint64 `json:"subscriber_drops"`   // packets dropped for a subscriber: its queue was full, or the packet left the history while queued
+	LateDrops         uint64 `json:"late_drops"`         // of SubscriberDrops, those that left the history while queued
+	Retransmits       uint64 `json:"retransmits"`        // packets sent again for subscribers' NACKs
+	NACKMisses        uint64 `json:"nack_misses"`        // NACKed packets no longer in the history (or over the per-NACK bound)
 	WriteErrors       uint64 `json:"write_errors"`       // writes pion refused (closing or not yet connected)
 	BadPackets        uint64 `json:"bad_packets"`        // unparsable RTP from publishers
 	KeyframeRequests  uint64 `json:"keyframe_requests"`  // PLIs sent to publishers
@@ -126,6 +133,15 @@ func New(cfg Config) (*Server, error) {
 	s.tokenHash = sha256.Sum256([]byte(cfg.Token))
 	if cfg.SignalingRate > 0 {
 		s.limiter = ratelimit.NewSources(cfg.SignalingRate, cfg.SignalingBurst, cfg.MaxSignalingClients)
+	}
+	c, _ := cfg.UDPMux.(corker)
+	s.fan = newFanout(cfg.SendWorkers, cfg.QueuePackets, c)
+	for _, w := range s.fan.workers {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			w.run(ctx)
+		}()
 	}
 	s.handler = s.routes()
 	s.wg.Add(1)
@@ -186,6 +202,9 @@ func (s *Server) Stats() Stats {
 		ForwardedPackets:  s.stats.forwardedPackets.Load(),
 		ForwardedBytes:    s.stats.forwardedBytes.Load(),
 		SubscriberDrops:   s.stats.drops.Load(),
+		LateDrops:         s.stats.late.Load(),
+		Retransmits:       s.stats.retransmits.Load(),
+		NACKMisses:        s.stats.nackMisses.Load(),
 		WriteErrors:       s.stats.writeErrors.Load(),
 		BadPackets:        s.stats.badPackets.Load(),
 		KeyframeRequests:  s.stats.keyframeRequests.Load(),

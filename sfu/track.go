@@ -21,7 +21,8 @@ type pubTrack struct {
 	layers []*layer
 
 	downs       atomic.Pointer[[]*downTrack]
-	unpublished bool // guarded by room.mu
+	byWorker    atomic.Pointer[[][]*downTrack] // downs split by send worker; replaced with downs
+	unpublished bool                           // guarded by room.mu
 }
 
 // layer is one simulcast encoding (rid) of a pubTrack, or its only encoding.
@@ -34,7 +35,9 @@ type layer struct {
 	bytes   atomic.Uint64
 	bitrate atomic.Uint64 // bits/s, computed by the sweeper
 	lastPLI atomic.Int64  // monotonic ns of the last keyframe request sent
+	hist    *history      // recent packets: subscriber queues and NACK answers
 
+	gen       uint64 // packets stored in hist; reader goroutine only
 	lastBytes uint64 // sweeper only
 }
 
@@ -43,11 +46,14 @@ func newPubTrack(p *participant, mid string, kind webrtc.RTPCodecType, codec web
 	if len(rids) == 0 {
 		rids = []string{""}
 	}
-	for i, rid := range rids {
-		t.layers = append(t.layers, &layer{rid: rid, idx: int32(i)})
+	size := historyVideo
+	if kind == webrtc.RTPCodecTypeAudio {
+		size = historyAudio
 	}
-	empty := []*downTrack{}
-	t.downs.Store(&empty)
+	for i, rid := range rids {
+		t.layers = append(t.layers, &layer{rid: rid, idx: int32(i), hist: newHistory(size)})
+	}
+	t.setDownsLocked(nil)
 	return t
 }
 
@@ -163,8 +169,9 @@ func (t *pubTrack) followFlowingLayerLocked() {
 	}
 }
 
-// forward classifies one packet of layer l in place and offers it to every
-// subscriber. It runs on the layer's reader goroutine and allocates nothing.
+// forward classifies one packet of layer l in place, stores it once in the
+// layer's history and hands it to the send workers of its subscribers. It runs on the layer's
+// reader goroutine and allocates nothing once the history is warm.
 func (t *pubTrack) forward(l *layer, b []byte, now int64) {
 	h, ok := parseRTP(b)
 	if !ok {
@@ -176,9 +183,18 @@ func (t *pubTrack) forward(l *layer, b []byte, now int64) {
 	if h.payloadEnd == h.payloadOff { // padding-only (bandwidth probe): nothing to forward
 		return
 	}
+	if len(b) > maxPacket {
+		t.pub.s.stats.badPackets.Add(1)
+		return
+	}
 	kf := t.kind == webrtc.RTPCodecTypeAudio || isKeyframeStart(t.ck, b[h.payloadOff:h.payloadEnd])
-	for _, d := range *t.downs.Load() {
-		d.offer(l.idx, b, &h, kf, now)
+	l.gen++
+	slot := l.hist.put(b, &h, kf, now, l.gen)
+	s := t.pub.s
+	for i, ds := range *t.byWorker.Load() {
+		if len(ds) > 0 {
+			s.fan.workers[i].submit(fanJob{downs: ds, slot: slot, gen: l.gen, layer: l.idx}, &s.stats)
+		}
 	}
 }
 
