@@ -32,6 +32,7 @@ type collector struct {
 
 	sfuRooms, sfuParticipants, sfuTracks, sfuSubscribers *prometheus.Desc
 	sfuForwardedPackets, sfuForwardedBytes, sfuRefused   *prometheus.Desc
+	sfuDrops, sfuRetransmits, sfuNACKMisses              *prometheus.Desc
 
 	clusterJoined, clusterMembers, clusterDraining *prometheus.Desc
 	relayPackets, relayBytes                       *prometheus.Desc
@@ -67,6 +68,9 @@ func newCollector(h *Health) *collector {
 	c.sfuForwardedPackets = d("sfu_forwarded_packets_total", "Media packets the SFU forwarded.")
 	c.sfuForwardedBytes = d("sfu_forwarded_bytes_total", "Media bytes the SFU forwarded.")
 	c.sfuRefused = d("sfu_refused_total", "Signaling requests refused by a limit, by reason.", "reason")
+	c.sfuDrops = d("sfu_dropped_packets_total", "Media packets not sent to a subscriber, by reason.", "reason")
+	c.sfuRetransmits = d("sfu_retransmitted_packets_total", "Packets sent again for subscribers' NACKs.")
+	c.sfuNACKMisses = d("sfu_nack_misses_total", "NACKed packets no longer in the packet history.")
 
 	c.clusterJoined = d("cluster_joined", "1 while the node is a cluster member (absent without --join).")
 	c.clusterMembers = d("cluster_members", "Cluster members by gossip state.", "state")
@@ -133,6 +137,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		for _, r := range mergeDrops(st.Refused) {
 			counter(c.sfuRefused, r.Packets, r.Reason)
 		}
+		for _, r := range mergeDrops(st.Drops) {
+			counter(c.sfuDrops, r.Packets, r.Reason)
+		}
+		counter(c.sfuRetransmits, st.Retransmits)
+		counter(c.sfuNACKMisses, st.NACKMisses)
 	}
 	if h.cfg.Cluster != nil {
 		gauge(c.clusterJoined, b2f(h.cfg.Cluster.Joined() == nil))

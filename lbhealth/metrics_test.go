@@ -81,8 +81,10 @@ func TestMetricsFollowSources(t *testing.T) {
 			f.media.Drops = []DropCount{{"no_session", 5 * k}, {"queue_full", k}}
 			f.media.Flows = 4 * k
 			f.sfu = SFUStats{Rooms: k, Participants: 2 * k, Tracks: 3 * k, Subscribers: 4 * k,
-				Forwarded: Traffic{Packets: 50 * k, Bytes: 5000 * k},
-				Refused:   []DropCount{{Reason: "room_full", Packets: 6 * k}, {Reason: "rate_limited", Packets: 7 * k}}}
+				Forwarded:   Traffic{Packets: 50 * k, Bytes: 5000 * k},
+				Refused:     []DropCount{{Reason: "room_full", Packets: 6 * k}, {Reason: "rate_limited", Packets: 7 * k}},
+				Drops:       []DropCount{{Reason: "queue_full", Packets: 8 * k}, {Reason: "late", Packets: 9 * k}},
+				Retransmits: 10 * k, NACKMisses: 11 * k}
 			f.cluster = ClusterStats{Members: [NumMemberStates]uint64{MemberAlive: 3, MemberSuspect: k},
 				Draining: 1, RelayIn: Traffic{Packets: 7 * k, Bytes: 700 * k}, RelayOut: Traffic{Packets: 8 * k}}
 		})
@@ -105,6 +107,10 @@ func TestMetricsFollowSources(t *testing.T) {
 		wantValue(t, fams, 50*k, "oneport_sfu_forwarded_packets_total")
 		wantValue(t, fams, 6*k, "oneport_sfu_refused_total", "reason", "room_full")
 		wantValue(t, fams, 7*k, "oneport_sfu_refused_total", "reason", "rate_limited")
+		wantValue(t, fams, 8*k, "oneport_sfu_dropped_packets_total", "reason", "queue_full")
+		wantValue(t, fams, 9*k, "oneport_sfu_dropped_packets_total", "reason", "late")
+		wantValue(t, fams, 10*k, "oneport_sfu_retransmitted_packets_total")
+		wantValue(t, fams, 11*k, "oneport_sfu_nack_misses_total")
 		wantValue(t, fams, 5000*k, "oneport_sfu_forwarded_bytes_total")
 		wantValue(t, fams, 3, "oneport_cluster_members", "state", "alive")
 		wantValue(t, fams, k, "oneport_cluster_members", "state", "suspect")

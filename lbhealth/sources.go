@@ -137,6 +137,12 @@ type SFUStats struct {
 	// Refused counts signaling requests refused by a limit, by reason (a
 	// small fixed set, such as "room_full" or "rate_limited").
 	Refused []DropCount
+	// Drops counts media packets not sent to a subscriber, by reason (a
+	// small fixed set: "queue_full", "late").
+	Drops []DropCount
+	// Retransmits counts packets sent again for subscribers' NACKs;
+	// NACKMisses, NACKed packets no longer held.
+	Retransmits, NACKMisses uint64
 }
 
 // MemberState is the state of a cluster member as gossip sees it.

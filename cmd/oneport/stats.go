@@ -39,6 +39,12 @@ func sfuStats(st sfu.Stats) lbhealth.SFUStats {
 		Tracks:       uint64(st.Tracks),
 		Subscribers:  uint64(st.Subscribers),
 		Forwarded:    lbhealth.Traffic{Packets: st.ForwardedPackets, Bytes: st.ForwardedBytes},
+		Drops: []lbhealth.DropCount{
+			{Reason: "queue_full", Packets: st.SubscriberDrops - st.LateDrops},
+			{Reason: "late", Packets: st.LateDrops},
+		},
+		Retransmits: st.Retransmits,
+		NACKMisses:  st.NACKMisses,
 	}
 }
 
