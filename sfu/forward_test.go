@@ -314,3 +314,25 @@ func TestAutoLayerFollowsFlow(t *testing.T) {
 		t.Fatalf("explicit target moved to %d", got)
 	}
 }
+
+// The default layer is the highest measured bitrate; equal rates (or none
+// measured yet) fall back to the rid naming scheme.
+func TestHighestLayer(t *testing.T) {
+	tr, _, _ := newBareDown(t, []string{"q", "h", "f"}, &fakeWriter{})
+	for _, c := range []struct {
+		rates []uint64
+		want  int32
+	}{
+		{[]uint64{0, 0, 0}, 2},
+		{[]uint64{500, 500, 500}, 2},
+		{[]uint64{100e3, 900e3, 500e3}, 1},
+		{[]uint64{100e3, 0, 500e3}, 2},
+	} {
+		for i, r := range c.rates {
+			tr.layers[i].bitrate.Store(r)
+		}
+		if got := tr.highestLayer(); got != c.want {
+			t.Errorf("rates %v: layer %d, want %d", c.rates, got, c.want)
+		}
+	}
+}

@@ -2,7 +2,9 @@ package sfu
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -10,7 +12,6 @@ import (
 
 	"github.com/pion/ice/v4"
 	"github.com/pion/interceptor"
-	"github.com/pion/sdp/v3"
 	"github.com/pion/webrtc/v4"
 )
 
@@ -36,7 +37,7 @@ type participant struct {
 	role   participantRole
 	room   *room
 	pc     *webrtc.PeerConnection
-	ufrag  string
+	se     *webrtc.SettingEngine // pc's own (apiSettingEngine): ICE restarts set credentials there; nil if hidden
 	joined time.Time
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -48,9 +49,10 @@ type participant struct {
 
 	sigMu sync.Mutex // serializes renegotiation (PATCH) of this resource
 
-	mu     sync.Mutex // guards closed, etag, tracks, downs and wg.Add
+	mu     sync.Mutex // guards closed, etag, ufrag, tracks, downs and wg.Add
 	closed bool
 	etag   string
+	ufrag  string // local ICE ufrag on the mux; a restart replaces it
 	wg     sync.WaitGroup
 
 	// Publisher.
@@ -67,13 +69,13 @@ func (s *Server) newParticipant(r *room, role participantRole) (*participant, er
 	if !validICECredentials(ufrag, pwd) {
 		return nil, fmt.Errorf("sfu: NewICECredentials returned invalid ICE credentials (ufrag %q)", ufrag)
 	}
-	pc, err := s.newPeerConnection(ufrag, pwd)
+	pc, se, err := s.newPeerConnection(ufrag, pwd)
 	if err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(s.ctx)
 	p := &participant{
-		s: s, id: s.cfg.NewID(), role: role, room: r, pc: pc, ufrag: ufrag,
+		s: s, id: s.cfg.NewID(), role: role, room: r, pc: pc, se: se, ufrag: ufrag,
 		joined: s.cfg.Clock.Now(), ctx: ctx, cancel: cancel, done: make(chan struct{}),
 		etag: newETag(), tracks: make(map[string]*pubTrack), rids: make(map[string][]string),
 	}
@@ -82,15 +84,17 @@ func (s *Server) newParticipant(r *room, role participantRole) (*participant, er
 }
 
 // newPeerConnection builds a PeerConnection that uses only the mux: ICE-lite,
-// UDP host candidates from the mux's listen addresses, no mDNS.
-func (s *Server) newPeerConnection(ufrag, pwd string) (*webrtc.PeerConnection, error) {
+// UDP host candidates from the mux's listen addresses, no mDNS. It returns
+// the PeerConnection's own SettingEngine too (nil if pion hides it), where
+// an ICE restart sets new local credentials.
+func (s *Server) newPeerConnection(ufrag, pwd string) (*webrtc.PeerConnection, *webrtc.SettingEngine, error) {
 	me, err := newMediaEngine()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	ir := &interceptor.Registry{}
 	if err := registerInterceptors(me, ir); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	se := webrtc.SettingEngine{}
 	se.SetICEUDPMux(s.cfg.UDPMux)
@@ -103,9 +107,9 @@ func (s *Server) newPeerConnection(ufrag, pwd string) (*webrtc.PeerConnection, e
 	api := webrtc.NewAPI(webrtc.WithMediaEngine(me), webrtc.WithInterceptorRegistry(ir), webrtc.WithSettingEngine(se))
 	pc, err := api.NewPeerConnection(webrtc.Configuration{})
 	if err != nil {
-		return nil, fmt.Errorf("sfu: new peer connection: %w", err)
+		return nil, nil, fmt.Errorf("sfu: new peer connection: %w", err)
 	}
-	return pc, nil
+	return pc, apiSettingEngine(api), nil
 }
 
 // spawn runs f on a goroutine owned by p.wg unless p is closed.
@@ -430,8 +434,9 @@ func (s *Server) removeAsync(p *participant, reason string) {
 }
 
 // patch applies a trickle-ice-sdpfrag: remote candidates, or an ICE restart
-// when it carries new remote credentials. It returns the server's fragment
-// for a restart ("" otherwise) and the resource's ETag.
+// when it carries new remote credentials (RFC 9725 §4.3). It returns the
+// server's fragment for a restart ("" otherwise) and the resource's ETag,
+// which a restart replaces.
 func (p *participant) patch(frag *trickleFragment, ifMatch string) (string, string, error) {
 	p.sigMu.Lock()
 	defer p.sigMu.Unlock()
@@ -444,22 +449,12 @@ func (p *participant) patch(frag *trickleFragment, ifMatch string) (string, stri
 		return "", etag, ErrNotFound
 	}
 	body := ""
-	if frag.ufrag != "" && frag.ufrag != remoteUfrag(rd.SDP) {
-		offer, err := withICECredentials(rd.SDP, frag.ufrag, frag.pwd)
-		if err != nil {
-			return "", etag, fmt.Errorf("%w: %w", ErrNegotiation, err)
-		}
-		local, err := p.negotiate(offer, nil)
-		if err != nil {
+	if ufrag, pwd := iceCredentials(rd.SDP); frag.ufrag != "" && (frag.ufrag != ufrag || frag.pwd != pwd) {
+		var err error
+		if body, err = p.restartICE(rd.SDP, frag); err != nil {
 			return "", etag, err
 		}
-		if body, err = localFragment(local); err != nil {
-			return "", etag, err
-		}
-		p.mu.Lock()
-		p.etag = newETag()
-		etag = p.etag
-		p.mu.Unlock()
+		etag = p.currentETag()
 	}
 	for _, c := range frag.candidates {
 		mid, ml := c.mid, c.mline
@@ -474,18 +469,80 @@ func (p *participant) patch(frag *trickleFragment, ifMatch string) (string, stri
 	return body, etag, nil
 }
 
-func remoteUfrag(desc string) string {
-	var sd sdp.SessionDescription
-	if err := sd.UnmarshalString(desc); err != nil {
-		return ""
+// errRestartUnsupported: the pion in use hides the SettingEngine an ICE
+// restart must change (see apiSettingEngine). A 500, and the session goes on
+// with its current ICE credentials.
+var errRestartUnsupported = errors.New("sfu: ICE restart unsupported with this pion version")
+
+// restartICE restarts ICE with the client's new credentials and fresh local
+// ones from Config.NewICECredentials (96+ random bits, and a cluster node's
+// owner tag, so the relay still routes the new ufrag to this node), then
+// renews the ETag. Called with sigMu held; the caller adds the fragment's
+// candidates.
+//
+// pion restarts an answering agent inside SetRemoteDescription of an offer
+// whose remote credentials changed, with the credentials of the
+// PeerConnection's SettingEngine: so the fresh ones are set there first. The
+// agent's Restart releases the old ufrag on the mux at once (pion drops the
+// selected pair and every candidate: media pauses until the client's checks
+// with the new credentials succeed) and registers the new one when it
+// gathers again. DTLS and SRTP go on over the new pair; no new handshake.
+func (p *participant) restartICE(remote string, frag *trickleFragment) (string, error) {
+	if p.se == nil {
+		return "", errRestartUnsupported
 	}
-	if v, ok := sd.Attribute("ice-ufrag"); ok {
-		return v
+	ufrag, pwd := p.s.cfg.NewICECredentials()
+	if !validICECredentials(ufrag, pwd) {
+		return "", fmt.Errorf("sfu: NewICECredentials returned invalid ICE credentials (ufrag %q)", ufrag)
 	}
-	for _, md := range sd.MediaDescriptions {
-		if v, ok := md.Attribute("ice-ufrag"); ok {
-			return v
-		}
+	offer, err := restartOffer(remote, frag.ufrag, frag.pwd)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrNegotiation, err)
 	}
-	return ""
+	p.se.SetICECredentials(ufrag, pwd)
+	local, err := p.negotiate(offer, nil)
+	if err != nil {
+		// If pion restarted the agent before failing, the client cannot
+		// complete ICE: it fails, and the participant is removed then.
+		return "", err
+	}
+	if u, _ := iceCredentials(local); u != ufrag {
+		// pion restarted the agent with other credentials than the
+		// SettingEngine's (a pion change; TestICERestartAPISettingEngine
+		// fails): the answer's are the ones that work now.
+		p.s.log.Error().Str("participant", p.id).Str("ufrag", u).Msg("ICE restart did not take the new credentials")
+		ufrag = u
+	}
+	body, err := localFragment(local)
+	if err != nil {
+		return "", err
+	}
+	p.mu.Lock()
+	p.ufrag = ufrag
+	p.etag = newETag()
+	p.mu.Unlock()
+	p.s.log.Debug().Str("participant", p.id).Str("ufrag", ufrag).Msg("ICE restarted")
+	return body, nil
+}
+
+// localUfrag is the participant's current ICE ufrag on the mux.
+func (p *participant) localUfrag() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.ufrag
+}
+
+// apiSettingEngine returns the SettingEngine api's PeerConnections use: the
+// copy WithSettingEngine made, which pion keeps in an unexported field. An
+// answering PeerConnection's ICE restart (ICETransport.restart, from
+// SetRemoteDescription) takes the local credentials from it, and pion v4
+// has no other way to give a restart chosen credentials; the field is read,
+// never written, here: SetICECredentials on the result is pion's own API.
+// Nil when the field is gone (a pion upgrade; TestICERestartAPISettingEngine fails).
+func apiSettingEngine(api *webrtc.API) *webrtc.SettingEngine {
+	v := reflect.ValueOf(api).Elem().FieldByName("settingEngine")
+	if !v.IsValid() || v.Type() != reflect.TypeFor[*webrtc.SettingEngine]() || v.IsNil() {
+		return nil
+	}
+	return (*webrtc.SettingEngine)(v.UnsafePointer())
 }

@@ -317,23 +317,38 @@ func parseTrickleFragment(body string, lim sdpLimits) (*trickleFragment, error) 
 	return f, nil
 }
 
-// withICECredentials returns remote with its ice-ufrag and ice-pwd replaced
-// (at session and media level), for an ICE restart through renegotiation.
-func withICECredentials(remote, ufrag, pwd string) (string, error) {
+// restartOffer is the offer an ICE restart applies (RFC 9725 §4.3.2): the
+// client's previous offer, whose non-ICE parts still hold, with its new
+// ice-ufrag and ice-pwd and without its old candidates (gone with the old
+// credentials; the fragment's new ones are added after).
+func restartOffer(remote, ufrag, pwd string) (string, error) {
+	return withICECredentials(remote, ufrag, pwd, true)
+}
+
+// withICECredentials returns desc with its ice-ufrag and ice-pwd replaced
+// (at session and media level) and, if dropCandidates, without candidate
+// and end-of-candidates lines.
+func withICECredentials(desc, ufrag, pwd string, dropCandidates bool) (string, error) {
 	var sd sdp.SessionDescription
-	if err := sd.UnmarshalString(remote); err != nil {
+	if err := sd.UnmarshalString(desc); err != nil {
 		return "", err
 	}
 	set := func(attrs []sdp.Attribute) []sdp.Attribute {
-		for i := range attrs {
-			switch attrs[i].Key {
+		out := attrs[:0]
+		for _, a := range attrs {
+			switch a.Key {
 			case "ice-ufrag":
-				attrs[i].Value = ufrag
+				a.Value = ufrag
 			case "ice-pwd":
-				attrs[i].Value = pwd
+				a.Value = pwd
+			case "candidate", "end-of-candidates":
+				if dropCandidates {
+					continue
+				}
 			}
+			out = append(out, a)
 		}
-		return attrs
+		return out
 	}
 	sd.Attributes = set(sd.Attributes)
 	for _, md := range sd.MediaDescriptions {
@@ -343,14 +358,17 @@ func withICECredentials(remote, ufrag, pwd string) (string, error) {
 	return string(b), err
 }
 
-// localFragment renders the server's ICE credentials and candidates from its
-// local description as a trickle-ice-sdpfrag (the ICE restart answer).
-func localFragment(local string) (string, error) {
+// iceCredentials returns desc's ice-ufrag and ice-pwd: session-level ones,
+// else the first media section's. Empty when absent or desc does not parse.
+func iceCredentials(desc string) (ufrag, pwd string) {
 	var sd sdp.SessionDescription
-	if err := sd.UnmarshalString(local); err != nil {
-		return "", err
+	if err := sd.UnmarshalString(desc); err != nil {
+		return "", ""
 	}
-	var b strings.Builder
+	return sdpICECredentials(&sd)
+}
+
+func sdpICECredentials(sd *sdp.SessionDescription) (ufrag, pwd string) {
 	ufrag, hasU := sd.Attribute("ice-ufrag")
 	pwd, hasP := sd.Attribute("ice-pwd")
 	for _, md := range sd.MediaDescriptions {
@@ -361,6 +379,18 @@ func localFragment(local string) (string, error) {
 			pwd, hasP = md.Attribute("ice-pwd")
 		}
 	}
+	return ufrag, pwd
+}
+
+// localFragment renders the server's ICE credentials and candidates from its
+// local description as a trickle-ice-sdpfrag (the ICE restart answer).
+func localFragment(local string) (string, error) {
+	var sd sdp.SessionDescription
+	if err := sd.UnmarshalString(local); err != nil {
+		return "", err
+	}
+	var b strings.Builder
+	ufrag, pwd := sdpICECredentials(&sd)
 	fmt.Fprintf(&b, "a=ice-ufrag:%s\r\na=ice-pwd:%s\r\n", ufrag, pwd)
 	for _, md := range sd.MediaDescriptions {
 		mid, _ := md.Attribute("mid")

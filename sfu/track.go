@@ -81,23 +81,27 @@ func (t *pubTrack) rids() []string {
 var ridSchemes = [][]string{{"q", "h", "f"}, {"l", "m", "h"}}
 
 // highestLayer is the default layer of a new subscriber: the one with the
-// highest measured bitrate when every layer has been measured, else the best
+// highest measured bitrate when every layer has been measured and one is
+// highest, else the best
 // by a common naming scheme (q<h<f, l<m<h, numbers), else the last offered.
 func (t *pubTrack) highestLayer() int32 {
 	if len(t.layers) == 1 {
 		return 0
 	}
-	best, bestRate, all := int32(0), uint64(0), true
+	best, bestRate, all, tie := int32(0), uint64(0), true, false
 	for _, l := range t.layers {
 		r := l.bitrate.Load()
 		if r == 0 {
 			all = false
 		}
-		if r > bestRate {
-			best, bestRate = l.idx, r
+		switch {
+		case r > bestRate:
+			best, bestRate, tie = l.idx, r, false
+		case r == bestRate:
+			tie = true
 		}
 	}
-	if all {
+	if all && !tie { // equal rates say nothing: rank by name below
 		return best
 	}
 	for _, scheme := range ridSchemes {
