@@ -610,19 +610,23 @@ func (m *Mux) demux(rs *readerState, w ProbeWriter, buf *pbuf, off, n int, from 
 			return false
 		}
 		s := f.sess
-		if s.closed() {
+		if !s.closed() {
+			f.touch(now)
+			if f.via.Load() != via {
+				f.via.Store(via) // the latest path wins (a load balancer re-hash)
+			}
+			r, ok := s.push(buf, off, n, from, false)
+			if !ok {
+				c.drop(r)
+			}
+			return ok
+		}
+		if class != ClassSTUN {
 			c.drop(DropClosed)
 			return false
 		}
-		f.touch(now)
-		if f.via.Load() != via {
-			f.via.Store(via) // the latest path wins (a load balancer re-hash)
-		}
-		r, ok := s.push(buf, off, n, from, false)
-		if !ok {
-			c.drop(r)
-		}
-		return ok
+		// A check from a closed session's address may name a live ufrag: an
+		// ICE restart from the same address. Route it by its ufrag below.
 	}
 	if class != ClassSTUN {
 		switch {
