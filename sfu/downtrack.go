@@ -21,6 +21,7 @@ type binding struct {
 	clockRate uint32
 	rtxSSRC   uint32 // 0: no RTX stream; retransmissions reuse the media SSRC
 	rtxPT     uint8
+	extOut    outIDs // the subscriber's ids of forwarded header extensions
 	writer    webrtc.TrackLocalWriter
 }
 
@@ -78,7 +79,8 @@ func (d *downTrack) Bind(ctx webrtc.TrackLocalContext) (webrtc.RTPCodecParameter
 	if !ok {
 		return webrtc.RTPCodecParameters{}, fmt.Errorf("%w: subscriber cannot receive %s", ErrNoCommonCodec, d.src.codec.MimeType)
 	}
-	b := &binding{ssrc: uint32(ctx.SSRC()), pt: uint8(c.PayloadType), clockRate: c.ClockRate, writer: ctx.WriteStream()}
+	b := &binding{ssrc: uint32(ctx.SSRC()), pt: uint8(c.PayloadType), clockRate: c.ClockRate, writer: ctx.WriteStream(),
+		extOut: newOutIDs(ctx.HeaderExtensions())}
 	if rtx := uint32(ctx.SSRCRetransmission()); rtx != 0 {
 		if pt, ok := rtxPayloadType(ctx.CodecParameters(), c.PayloadType); ok {
 			b.rtxSSRC, b.rtxPT = rtx, pt
@@ -144,7 +146,15 @@ func (d *downTrack) write(s *histSlot, gen uint64, layer int32) {
 	if int16(seq-w.lastSeq) > 0 {
 		w.lastSeq, w.lastTS, w.lastAt = seq, ts, s.at
 	}
+	d.setExtensions(b, s)
 	d.send(b, b.ssrc, b.pt, seq, ts, s.h.marker, s.payload())
+}
+
+// setExtensions carries slot's forwarded header extensions into the next
+// header, renumbered for the subscriber; their payloads stay in the slot
+// (read-locked until the write). Send worker only.
+func (d *downTrack) setExtensions(b *binding, s *histSlot) {
+	copyExtensions(&d.w.hdr, s.buf[:s.n], &s.h, d.src.extIn.Load(), &b.extOut)
 }
 
 // send writes one rewritten packet. Send worker only.
@@ -152,7 +162,6 @@ func (d *downTrack) send(b *binding, ssrc uint32, pt uint8, seq uint16, ts uint3
 	h := &d.w.hdr
 	h.Version = 2
 	h.Padding = false
-	h.Extension = false
 	h.Marker = marker
 	h.PayloadType = pt
 	h.SequenceNumber = seq
@@ -195,6 +204,7 @@ func (d *downTrack) retransmit(seq uint16) {
 	}
 	ts := s.h.ts + w.tsOff
 	d.sub.s.stats.retransmits.Add(1)
+	d.setExtensions(b, s)
 	if b.rtxSSRC == 0 {
 		d.send(b, b.ssrc, b.pt, seq, ts, s.h.marker, s.payload())
 		return

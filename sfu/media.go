@@ -72,6 +72,9 @@ func registerInterceptors(me *webrtc.MediaEngine, ir *interceptor.Registry) erro
 	if err := webrtc.ConfigureSimulcastExtensionHeaders(me); err != nil {
 		return err
 	}
+	if err := registerForwardedExtensions(me); err != nil {
+		return err
+	}
 	return webrtc.ConfigureTWCCSender(me, ir)
 }
 

@@ -178,6 +178,7 @@ func (p *participant) onTrack(tr *webrtc.TrackRemote, recv *webrtc.RTPReceiver) 
 	t, created := p.tracks[mid], false
 	if t == nil {
 		t = newPubTrack(p, mid, tr.Kind(), tr.Codec().RTPCodecCapability, p.rids[mid])
+		t.extIn.Store(newExtMap(recv.GetParameters().HeaderExtensions))
 		p.tracks[mid] = t
 		created = true
 	}

@@ -14,6 +14,8 @@ type rtpInfo struct {
 	marker     bool
 	payloadOff int // start of the payload
 	payloadEnd int // end of the payload (before padding)
+	extOff     int // start of the header extension elements; 0: none
+	extEnd     int
 }
 
 // parseRTP classifies b as RTP without copying or allocating. It rejects what
@@ -37,6 +39,7 @@ func parseRTP(b []byte) (rtpInfo, bool) {
 		if len(b) < off {
 			return h, false
 		}
+		h.extOff, h.extEnd = off-extLen, off
 	}
 	end := len(b)
 	if b[0]&0x20 != 0 { // padding

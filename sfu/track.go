@@ -22,6 +22,7 @@ type pubTrack struct {
 
 	downs       atomic.Pointer[[]*downTrack]
 	byWorker    atomic.Pointer[[][]*downTrack] // downs split by send worker; replaced with downs
+	extIn       atomic.Pointer[extMap]         // the publisher's ids of forwarded header extensions
 	unpublished bool                           // guarded by room.mu
 }
 
