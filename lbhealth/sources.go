@@ -138,7 +138,7 @@ type SFUStats struct {
 	// small fixed set, such as "room_full" or "rate_limited").
 	Refused []DropCount
 	// Drops counts media packets not sent to a subscriber, by reason (a
-	// small fixed set: "queue_full", "late").
+	// small fixed set: "queue_full", "late", "duplicate").
 	Drops []DropCount
 	// Retransmits counts packets sent again for subscribers' NACKs;
 	// NACKMisses, NACKed packets no longer held.

@@ -2,6 +2,7 @@ package sfu
 
 import (
 	"encoding/binary"
+	"fmt"
 	"testing"
 	"time"
 
@@ -312,6 +313,25 @@ func TestAutoLayerFollowsFlow(t *testing.T) {
 	set(100e3, 500e3, 0)
 	if got := d.target.Load(); got != 0 {
 		t.Fatalf("explicit target moved to %d", got)
+	}
+}
+
+// A packet the history already holds (a retransmission the publisher sent
+// twice) is not forwarded again; a lost one that arrives late is.
+func TestDuplicateNotForwarded(t *testing.T) {
+	w := &fakeWriter{hdrs: []rtp.Header{}}
+	tr, _, sub := newBareDown(t, nil, w)
+	kf := []byte{0x10, 0x10, 0x02, 0x00, 9}
+	for _, seq := range []uint16{1, 2, 4, 2, 3, 3, 5} {
+		tr.forward(tr.layers[0], rtpPacket(seq, uint32(seq)*3000, 77, kf), int64(seq))
+		drain(sub)
+	}
+	var seqs []uint16
+	for _, h := range w.hdrs {
+		seqs = append(seqs, h.SequenceNumber)
+	}
+	if fmt.Sprint(seqs) != "[1 2 4 3 5]" || sub.s.stats.duplicates.Load() != 2 {
+		t.Fatalf("sent %v with %d duplicates, want [1 2 4 3 5] and 2", seqs, sub.s.stats.duplicates.Load())
 	}
 }
 

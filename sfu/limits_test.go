@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -279,5 +280,38 @@ func TestLimitConfigDefaults(t *testing.T) {
 	defer s.Close()
 	if s.limiter != nil {
 		t.Error("SignalingRate -1 left a limiter")
+	}
+}
+
+// Concurrent joins never overshoot MaxParticipants: joins in progress count.
+func TestLimitServerFullConcurrent(t *testing.T) {
+	const limit, tries = 3, 12
+	e := newTestEnv(t, func(c *Config) { c.MaxParticipants = limit; c.SignalingRate = -1 })
+	offers := make([]string, tries)
+	for i := range offers {
+		offers[i] = validOffer(t)
+	}
+	var wg sync.WaitGroup
+	codes := make([]int, tries)
+	for i := range tries {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			codes[i] = e.do("POST", "/whip/race", mimeSDP, offers[i]).code
+		}()
+	}
+	wg.Wait()
+	created := 0
+	for _, c := range codes {
+		switch c {
+		case http.StatusCreated:
+			created++
+		case http.StatusServiceUnavailable:
+		default:
+			t.Errorf("answer %d, want 201 or 503", c)
+		}
+	}
+	if created == 0 || created > limit || e.srv.Stats().Participants > limit {
+		t.Fatalf("%d created, %d participants; limit %d (answers %v)", created, e.srv.Stats().Participants, limit, codes)
 	}
 }

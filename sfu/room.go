@@ -130,6 +130,7 @@ func (r *room) join(p *participant) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.pending--
+	r.s.joining.Add(-1)
 	if r.ended {
 		return false
 	}
@@ -153,6 +154,7 @@ func (r *room) abandon() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.pending--
+	r.s.joining.Add(-1)
 	r.markEmptyLocked()
 }
 

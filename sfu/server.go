@@ -35,6 +35,7 @@ type Server struct {
 	closed    bool
 	rooms     map[string]*room
 	resources map[string]*participant // by participant (resource) id
+	joining   atomic.Int64            // joins between enterRoom and room.join/abandon (all rooms' pending)
 
 	closeOnce sync.Once
 }
@@ -53,6 +54,7 @@ type counters struct {
 	late              atomic.Uint64
 	retransmits       atomic.Uint64
 	nackMisses        atomic.Uint64
+	duplicates        atomic.Uint64
 	refused           [numRefusals]atomic.Uint64
 }
 
@@ -105,6 +107,7 @@ type Stats struct {
 	LateDrops         uint64 `json:"late_drops"`         // of SubscriberDrops, those that left the history while queued
 	Retransmits       uint64 `json:"retransmits"`        // packets sent again for subscribers' NACKs
 	NACKMisses        uint64 `json:"nack_misses"`        // NACKed packets no longer in the history (or over the per-NACK bound)
+	Duplicates        uint64 `json:"duplicates"`         // publisher packets already held (a doubled retransmission): not forwarded
 	WriteErrors       uint64 `json:"write_errors"`       // writes pion refused (closing or not yet connected)
 	BadPackets        uint64 `json:"bad_packets"`        // unparsable RTP from publishers
 	KeyframeRequests  uint64 `json:"keyframe_requests"`  // PLIs sent to publishers
@@ -205,6 +208,7 @@ func (s *Server) Stats() Stats {
 		LateDrops:         s.stats.late.Load(),
 		Retransmits:       s.stats.retransmits.Load(),
 		NACKMisses:        s.stats.nackMisses.Load(),
+		Duplicates:        s.stats.duplicates.Load(),
 		WriteErrors:       s.stats.writeErrors.Load(),
 		BadPackets:        s.stats.badPackets.Load(),
 		KeyframeRequests:  s.stats.keyframeRequests.Load(),
@@ -252,8 +256,11 @@ func (s *Server) enterRoom(name string) (*room, error) {
 	if s.closed {
 		return nil, ErrClosed
 	}
-	if len(s.resources) >= s.cfg.MaxParticipants {
-		return nil, fmt.Errorf("%w: %d", ErrTooManyParticipants, len(s.resources))
+	// Joins in progress count too, or concurrent requests would overshoot
+	// (a registered participant still joining counts twice for a moment:
+	// the bound errs on the safe side).
+	if n := len(s.resources) + int(s.joining.Load()); n >= s.cfg.MaxParticipants {
+		return nil, fmt.Errorf("%w: %d", ErrTooManyParticipants, n)
 	}
 	r := s.rooms[name]
 	if r == nil {
@@ -270,6 +277,7 @@ func (s *Server) enterRoom(name string) (*room, error) {
 		return nil, fmt.Errorf("%w: %q has %d participants, at most %d", ErrRoomFull, name, n, s.cfg.MaxRoomParticipants)
 	}
 	r.pending++
+	s.joining.Add(1)
 	return r, nil
 }
 

@@ -3,6 +3,7 @@ package sfu
 import (
 	"strconv"
 	"sync/atomic"
+	"time"
 
 	"github.com/pion/rtcp"
 	"github.com/pion/webrtc/v4"
@@ -174,6 +175,11 @@ func (t *pubTrack) followFlowingLayerLocked() {
 	}
 }
 
+// duplicateWindow is how recent a held packet with the same sequence number
+// must be to make a new one its duplicate: far below the 16-bit sequence
+// wrap (5 minutes at 200 packets/s), far above any retransmission.
+const duplicateWindow = int64(10 * time.Second)
+
 // forward classifies one packet of layer l in place, stores it once in the
 // layer's history and hands it to the send workers of its subscribers. It runs on the layer's
 // reader goroutine and allocates nothing once the history is warm.
@@ -190,6 +196,14 @@ func (t *pubTrack) forward(l *layer, b []byte, now int64) {
 	}
 	if len(b) > maxPacket {
 		t.pub.s.stats.badPackets.Add(1)
+		return
+	}
+	// A packet the ring already holds is a duplicate: the publisher
+	// answered our NACK more than once, or the network doubled it. Sending
+	// it again would give subscribers a copy they have. This goroutine is
+	// the ring's only writer, so it reads its own slots without the lock.
+	if old := l.hist.slot(h.seq); old.gen != 0 && old.h.seq == h.seq && old.h.ssrc == h.ssrc && now-old.at < duplicateWindow {
+		t.pub.s.stats.duplicates.Add(1)
 		return
 	}
 	kf := t.kind == webrtc.RTPCodecTypeAudio || isKeyframeStart(t.ck, b[h.payloadOff:h.payloadEnd])

@@ -42,6 +42,7 @@ func sfuStats(st sfu.Stats) lbhealth.SFUStats {
 		Drops: []lbhealth.DropCount{
 			{Reason: "queue_full", Packets: st.SubscriberDrops - st.LateDrops},
 			{Reason: "late", Packets: st.LateDrops},
+			{Reason: "duplicate", Packets: st.Duplicates},
 		},
 		Retransmits: st.Retransmits,
 		NACKMisses:  st.NACKMisses,

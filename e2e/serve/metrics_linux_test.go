@@ -17,7 +17,7 @@ func allowedLabels() map[string][]string {
 		reasons = append(reasons, r.String())
 	}
 	reasons = append(reasons, sfu.RefusalReasons[:]...)
-	reasons = append(reasons, "late") // oneport_sfu_dropped_packets_total; queue_full is the mux's too
+	reasons = append(reasons, "late", "duplicate") // oneport_sfu_dropped_packets_total; queue_full is the mux's too
 	return map[string][]string{
 		"direction": {"in", "out"},
 		"class":     {"stun", "dtls", "rtp", "other"},
