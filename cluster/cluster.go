@@ -11,6 +11,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -47,9 +48,13 @@ type Config struct {
 	// cluster of one until others join it.
 	Join []string
 
-	// Key is the cluster key: gossip is encrypted and authenticated with a
-	// key derived from it. Nil: gossip is in the clear and the internal
-	// network must be trusted.
+	// Key is the cluster key. Three keys are derived from it, one per
+	// purpose: gossip is encrypted and authenticated (memberlist's
+	// keyring), relay frames carry a MAC (RelayKey, given to the mux), and
+	// signaling requests proxied to another node are signed
+	// (ForwardedAuthHeader). Nil: gossip is in the clear, and a request is
+	// taken as proxied by a member when it carries ForwardedHeader from a
+	// member's IP; the internal network must be trusted.
 	Key []byte
 
 	// Relay is the mux whose peers the cluster sets. Required.
@@ -109,7 +114,26 @@ type Config struct {
 	// for its response headers when proxying signaling. Zero means 30s
 	// (an answer waits for candidate gathering).
 	ProxyTimeout time.Duration
+
+	// Clock is where the directory (claim times, the reconciliation's
+	// ClaimGrace, how long departed owners are remembered) and the
+	// signaling proxy (the forwarded-request signature's timestamp and its
+	// skew window) read the time. It supplies timestamps only: the periodic
+	// work still runs on real tickers, and memberlist keeps its own time.
+	// Nil means the system clock.
+	Clock Clock
 }
+
+// Clock is a source of the current time; tests inject one to simulate
+// days of operation.
+type Clock interface {
+	Now() time.Time
+}
+
+// systemClock is the default Clock.
+type systemClock struct{}
+
+func (systemClock) Now() time.Time { return time.Now() }
 
 var (
 	// ErrDuplicateTag is returned by New when a live member already has
@@ -151,6 +175,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.ProxyTimeout == 0 {
 		c.ProxyTimeout = 30 * time.Second
 	}
+	if c.Clock == nil {
+		c.Clock = systemClock{}
+	}
 	switch {
 	case c.Relay == nil:
 		return c, fmt.Errorf("%w: Relay is required", ErrInvalidConfig)
@@ -174,6 +201,8 @@ type Node struct {
 	dir     *directory      // the room directory (directory.go)
 	members memberTable     // what memberlist's events said (members.go)
 	proxy   *http.Transport // signaling to other nodes (signaling.go)
+	fwdKey  []byte          // signs and verifies ForwardedAuthHeader; nil without a cluster key
+	fwdBad  atomic.Uint64   // requests whose forwarded headers did not verify
 
 	mu       sync.Mutex
 	meta     Meta // guarded by mu: what NodeMeta announces
@@ -205,6 +234,10 @@ func New(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n.dir = newDirectory(cfg.NodeName, cfg.Identity.ID, cfg.MaxRooms, mc.RetransmitMult, n.log)
+	n.dir.now = cfg.Clock.Now
+	if len(cfg.Key) > 0 {
+		n.fwdKey = deriveKey(cfg.Key, "forwarded")
+	}
 	n.proxy = newProxyTransport(cfg.ProxyTimeout)
 	if n.ml, err = memberlist.Create(mc); err != nil {
 		return nil, fmt.Errorf("cluster: start gossip on %s: %w", cfg.Gossip, err)

@@ -100,6 +100,9 @@ type directory struct {
 	nodes  atomic.Int32  // live members, self included: the queue's NumNodes
 	lostC  chan struct{} // capacity 1: rooms were lost
 	stats  dirCounters
+	// now is the Node's Clock: claim times and departed owners' ages.
+	// Set before the directory is shared.
+	now func() time.Time
 
 	mu    sync.RWMutex
 	sets  map[string]*roomSet  // by owner name, this node's included; guarded by mu
@@ -118,6 +121,7 @@ func newDirectory(self, selfID string, maxRooms, retransmitMult int, log zerolog
 		live: map[string]string{},
 		gone: map[string]time.Time{},
 		lost: map[string]string{},
+		now:  time.Now,
 	}
 	d.nodes.Store(1)
 	d.queue = &memberlist.TransmitLimitedQueue{
@@ -164,7 +168,7 @@ func (d *directory) claim(room string) (string, error) {
 	if len(mine.rooms) >= d.max {
 		return "", fmt.Errorf("%w: %d rooms", ErrTooManyRooms, len(mine.rooms))
 	}
-	d.clock = max(d.clock+1, time.Now().UnixNano())
+	d.clock = max(d.clock+1, d.now().UnixNano())
 	mine.rooms[room] = d.clock
 	delete(d.lost, room)
 	d.stats.claims.Add(1)
@@ -389,7 +393,7 @@ func (d *directory) memberDown(name, id string) {
 	}
 	delete(d.sets, name)
 	delete(d.live, name)
-	now := time.Now()
+	now := d.now()
 	for g, t := range d.gone {
 		if now.Sub(t) > goneTTL || len(d.gone) >= maxGone {
 			delete(d.gone, g)

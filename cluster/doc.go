@@ -19,6 +19,9 @@
 //   - Close leaves the cluster (so others learn at once, not by failure
 //     detection), shuts memberlist down and waits for the Node's goroutines.
 //   - With a cluster key, gossip is encrypted and authenticated (memberlist's
-//     AES-GCM keyring) and relay frames are authenticated (mux.RelayKey),
-//     each with its own key derived from the cluster key.
+//     AES-GCM keyring), relay frames are authenticated (mux.RelayKey) and
+//     signaling requests proxied to another node are signed
+//     (ForwardedAuthHeader), each with its own key derived from the cluster
+//     key. Without one, a request counts as proxied by a member when it
+//     comes from a member's IP.
 package cluster

@@ -52,10 +52,15 @@ func (n *Node) runDirectory() {
 		case <-n.dir.lostC:
 			n.endLost()
 		case <-t.C:
-			n.reconcile(time.Now())
-			n.endLost()
+			n.directoryTick()
 		}
 	}
+}
+
+// directoryTick is the directory's periodic work, every ReconcileInterval.
+func (n *Node) directoryTick() {
+	n.reconcile(n.cfg.Clock.Now())
+	n.endLost()
 }
 
 func (n *Node) endLost() {
