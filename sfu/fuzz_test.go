@@ -34,6 +34,9 @@ func FuzzParseTrickleFragment(f *testing.F) {
 		if (frag.ufrag == "") != (frag.pwd == "") {
 			t.Fatal("credentials half present")
 		}
+		if frag.ufrag != "" && !validICECredentials(frag.ufrag, frag.pwd) {
+			t.Fatalf("accepted credentials %q %q outside RFC 8839", frag.ufrag, frag.pwd)
+		}
 		if len(frag.candidates) > defaultSDPLimits.total {
 			t.Fatalf("accepted %d candidates", len(frag.candidates))
 		}

@@ -3,6 +3,7 @@ package sfu
 import (
 	"errors"
 	"fmt"
+	"github.com/oneport/oneport/mux"
 	"strconv"
 	"strings"
 
@@ -279,12 +280,14 @@ func parseTrickleFragment(body string, lim sdpLimits) (*trickleFragment, error) 
 			key, val, _ := strings.Cut(ln[2:], ":")
 			switch key {
 			case "ice-ufrag":
-				if val == "" || (f.ufrag != "" && f.ufrag != val) {
+				// RFC 8839: 4-256 ice-chars; the value goes into an offer.
+				if len(val) < 4 || len(val) > 256 || !mux.IsIceChars(val) || (f.ufrag != "" && f.ufrag != val) {
 					return nil, fmt.Errorf("%w: line %d: bad ice-ufrag", ErrBadFragment, i+1)
 				}
 				f.ufrag = val
 			case "ice-pwd":
-				if val == "" || (f.pwd != "" && f.pwd != val) {
+				// RFC 8839: 22-256 ice-chars.
+				if len(val) < 22 || len(val) > 256 || !mux.IsIceChars(val) || (f.pwd != "" && f.pwd != val) {
 					return nil, fmt.Errorf("%w: line %d: bad ice-pwd", ErrBadFragment, i+1)
 				}
 				f.pwd = val
