@@ -36,6 +36,14 @@ type Config struct {
 	// Zero means 16.
 	UnboundQueueLen int
 
+	// UnboundRate bounds, per session, how many datagrams per second may
+	// reach it by ufrag alone (bursts up to UnboundQueueLen): the queue bound
+	// limits memory, this limits the CPU a flood of spoofed checks for a live
+	// ufrag makes its ICE agent spend on integrity checks. A client's own
+	// checks from a new address are a few tens per second. Zero means 200;
+	// negative, no limit. Over it: DropUnboundRate.
+	UnboundRate int
+
 	// MaxSessions bounds the live sessions; GetConn fails with
 	// ErrTooManySessions beyond it. Zero means 100,000.
 	MaxSessions int
@@ -150,6 +158,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.UnboundQueueLen == 0 {
 		c.UnboundQueueLen = 16
+	}
+	if c.UnboundRate == 0 {
+		c.UnboundRate = 200
 	}
 	if c.MaxSessions == 0 {
 		c.MaxSessions = DefaultMaxSessions

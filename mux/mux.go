@@ -615,7 +615,7 @@ func (m *Mux) demux(rs *readerState, w ProbeWriter, buf *pbuf, off, n int, from 
 			if f.via.Load() != via {
 				f.via.Store(via) // the latest path wins (a load balancer re-hash)
 			}
-			r, ok := s.push(buf, off, n, from, false)
+			r, ok := s.push(buf, off, n, from, false, now)
 			if !ok {
 				c.drop(r)
 			}
@@ -688,7 +688,7 @@ func (m *Mux) demux(rs *readerState, w ProbeWriter, buf *pbuf, off, n int, from 
 		c.drop(DropClosed)
 		return false
 	}
-	r, ok := s.push(buf, off, n, from, true)
+	r, ok := s.push(buf, off, n, from, true, now)
 	if !ok {
 		c.drop(r)
 		return false

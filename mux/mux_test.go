@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -139,7 +140,7 @@ func bindClient(t *testing.T, m *Mux, sc net.PacketConn, cl *net.UDPConn, ufrag 
 // the rest; checks from unbound addresses get only UnboundQueueLen of it, so
 // a spoofed flood cannot crowd out the bound flow.
 func TestQueuesAreBounded(t *testing.T) {
-	m := listenTest(t, "127.0.0.1:0", Config{Sockets: 1, QueueLen: 32, UnboundQueueLen: 4})
+	m := listenTest(t, "127.0.0.1:0", Config{Sockets: 1, QueueLen: 32, UnboundQueueLen: 4, UnboundRate: -1}) // the queue bound alone; TestUnboundRate has the rate
 	sc, _ := m.GetConn("stalled", m.LocalAddr())
 	defer sc.Close()
 	srv := net.UDPAddrFromAddrPort(muxAddrPort(m))
@@ -507,4 +508,54 @@ func TestCorkBatchesWrites(t *testing.T) {
 	if allocs != 0 {
 		t.Fatalf("%v allocations per corked burst, want 0", allocs)
 	}
+}
+
+// Checks from unbound addresses reach a session no faster than UnboundRate
+// (bursts of UnboundQueueLen), even while its reader keeps the queue empty:
+// a flood of spoofed checks for a live ufrag costs its ICE agent a bounded
+// amount of work. Every datagram is delivered or counted.
+func TestUnboundRate(t *testing.T) {
+	const sent, rate, burst = 300, 20, 4
+	m := listenTest(t, "127.0.0.1:0", Config{Sockets: 1, UnboundQueueLen: burst, UnboundRate: rate})
+	sc, _ := m.GetConn("live", m.LocalAddr())
+	defer sc.Close()
+	var delivered atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 2048)
+		for {
+			if _, _, err := sc.ReadFrom(buf); err != nil {
+				return
+			}
+			delivered.Add(1)
+		}
+	}()
+	srv := net.UDPAddrFromAddrPort(muxAddrPort(m))
+	spoof := client(t, "udp4", "127.0.0.1:0")
+	start := time.Now()
+	req := bindingRequest(t, "live:evil")
+	accounted := func(n int64) func() bool {
+		return func() bool {
+			st := m.Stats()
+			return delivered.Load()+int64(st.Drops[DropUnboundRate]+st.Drops[DropUnboundLimit]) == n
+		}
+	}
+	// Rounds of 10, each sent once the last is read or dropped: the queue
+	// is empty when each round arrives, so what stops it is the rate.
+	for i := 1; i <= sent/10; i++ {
+		for range 10 {
+			spoof.WriteTo(req, srv)
+		}
+		eventually(t, 2*time.Second, "every datagram delivered or dropped", accounted(int64(10*i)))
+	}
+	elapsed := time.Since(start)
+	sc.Close()
+	<-done
+	st := m.Stats()
+	allowed := int64(burst + rate*elapsed.Seconds() + 1)
+	if d := delivered.Load(); d > allowed || st.Drops[DropUnboundRate] == 0 {
+		t.Fatalf("delivered %d in %v (allowed %d), unbound_rate drops %d", d, elapsed, allowed, st.Drops[DropUnboundRate])
+	}
+	t.Logf("%d sent in %v: %d delivered, unbound_rate %d, unbound_limit %d", sent, elapsed, delivered.Load(), st.Drops[DropUnboundRate], st.Drops[DropUnboundLimit])
 }

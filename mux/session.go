@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // pbuf is a pooled datagram buffer; a pointer so sync.Pool stores it without
@@ -35,6 +36,7 @@ type session struct {
 	head    int    // guarded by qmu
 	n       int    // guarded by qmu
 	unbound int    // guarded by qmu: queued datagrams with unbound set
+	ubTAT   int64  // guarded by qmu: GCRA theoretical arrival time of the next unbound datagram (unix ns)
 	qclosed bool   // guarded by qmu
 
 	// notify (capacity 1) says a datagram was queued; it is closed when the
@@ -75,7 +77,7 @@ func (s *session) closed() bool { return s.closedAt.Load() != 0 }
 
 // push queues a datagram, taking ownership of buf. It never blocks; when the
 // queue is full it returns the reason and the caller keeps buf.
-func (s *session) push(buf *pbuf, off, n int, from netip.AddrPort, unbound bool) (DropReason, bool) {
+func (s *session) push(buf *pbuf, off, n int, from netip.AddrPort, unbound bool, now int64) (DropReason, bool) {
 	s.qmu.Lock()
 	switch {
 	case s.qclosed:
@@ -87,6 +89,9 @@ func (s *session) push(buf *pbuf, off, n int, from netip.AddrPort, unbound bool)
 	case unbound && s.unbound >= s.m.cfg.UnboundQueueLen:
 		s.qmu.Unlock()
 		return DropUnboundLimit, false
+	case unbound && !s.unboundAllowedLocked(now):
+		s.qmu.Unlock()
+		return DropUnboundRate, false
 	}
 	if s.n == len(s.ring) {
 		s.growLocked()
@@ -219,4 +224,21 @@ func (s *session) boundAddrs() []netip.AddrPort {
 	s.amu.Lock()
 	defer s.amu.Unlock()
 	return append([]netip.AddrPort(nil), s.addrs...)
+}
+
+// unboundAllowedLocked takes one unbound datagram from the session's rate
+// (GCRA: a token bucket kept as one timestamp), bursts up to
+// UnboundQueueLen. s.qmu is held.
+func (s *session) unboundAllowedLocked(now int64) bool {
+	rate := s.m.cfg.UnboundRate
+	if rate < 0 {
+		return true
+	}
+	interval := int64(time.Second) / int64(rate)
+	tat := max(s.ubTAT, now)
+	if tat-now > int64(s.m.cfg.UnboundQueueLen-1)*interval {
+		return false
+	}
+	s.ubTAT = tat + interval
+	return true
 }

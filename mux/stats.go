@@ -23,6 +23,7 @@ const (
 	DropRelayNotMember                   // a relay frame from an address that is no member's
 	DropRelayAuth                        // a relay frame with a bad MAC or too old
 	DropRelayMalformed                   // a relay frame that does not parse
+	DropUnboundRate                      // datagrams reaching a session from unbound addresses faster than Config.UnboundRate
 	NumDropReasons
 )
 
@@ -31,6 +32,7 @@ var dropNames = [NumDropReasons]string{
 	"closed_session", "queue_full", "unbound_limit", "truncated",
 	"table_full", "write_error", "read_error",
 	"no_route", "relay_not_member", "relay_auth", "relay_malformed",
+	"unbound_rate",
 }
 
 func (r DropReason) String() string {

@@ -723,8 +723,14 @@ func (f *floodFixture) floodLiveUfrag(size uint64) {
 	f.checkLogs(r, floodMaxLogLines)
 	f.checkNoReplies(r, fl)
 	unbound := floodDelta(r.before.mf, r.after.mf, "oneport_mux_drops_total", "reason", "unbound_limit")
-	if unbound > float64(fc.sent) {
-		t.Errorf("%s: unbound_limit moved by %.0f for %d sent", r.res.name, unbound, fc.sent)
+	rate := floodDelta(r.before.mf, r.after.mf, "oneport_mux_drops_total", "reason", "unbound_rate")
+	if unbound+rate > float64(fc.sent) {
+		t.Errorf("%s: unbound_limit and unbound_rate moved by %.0f for %d sent", r.res.name, unbound+rate, fc.sent)
+	}
+	// The per-session rate (mux Config.UnboundRate) keeps the live sessions'
+	// ICE agents from checking the integrity of more than a trickle of them.
+	if reached := float64(fc.sent) - float64(r.kd) - unbound - rate; reached > float64(fc.sent)/10 {
+		t.Errorf("%s: about %.0f of %d spoofed checks reached the ICE agents", r.res.name, reached, fc.sent)
 	}
 	for _, reason := range []string{"unknown_ufrag", "queue_full", "table_full"} {
 		if d := floodDelta(r.before.mf, r.after.mf, "oneport_mux_drops_total", "reason", reason); d != 0 {
@@ -736,8 +742,8 @@ func (f *floodFixture) floodLiveUfrag(size uint64) {
 		t.Errorf("%s: flows went from %.0f to %.0f", r.res.name, b, a)
 	}
 	stunIn := floodDelta(r.before.mf, r.after.mf, "oneport_mux_packets_total", "direction", "in", "class", "stun")
-	r.res.extra = fmt.Sprintf("stun in %.0f; to the sessions' ICE agents (discarded there) about %.0f; unbound_limit %.0f",
-		stunIn, max(float64(fc.sent)-float64(r.kd)-unbound, 0), unbound)
+	r.res.extra = fmt.Sprintf("stun in %.0f; to the sessions' ICE agents (discarded there) about %.0f; unbound_limit %.0f; unbound_rate %.0f",
+		stunIn, max(float64(fc.sent)-float64(r.kd)-unbound-rate, 0), unbound, rate)
 }
 
 // floodRelay sends size relay frames to the node's relay socket: from 255
