@@ -37,10 +37,6 @@ type fanJob struct {
 	seq   uint16
 }
 
-// maxBurst bounds the jobs one worker sends under one cork: a burst's first
-// packet waits at most for the rest of it.
-const maxBurst = 16
-
 type fanout struct {
 	workers []*fanWorker
 	cork    corker // nil: writes leave one by one
@@ -104,21 +100,15 @@ func (w *fanWorker) run(ctx context.Context) {
 	}
 }
 
-// burst sends j and whatever else is queued, up to maxBurst jobs, corked.
+// burst sends one packet to the worker's subscribers of it, corked: the
+// first subscriber's copy waits only for the others' (microseconds each),
+// and the mux's queue bound (it sends when full) caps even that.
 func (w *fanWorker) burst(j fanJob) {
 	if c := w.f.cork; c != nil {
 		c.Cork()
 		defer c.Uncork()
 	}
 	w.do(&j)
-	for range maxBurst - 1 {
-		select {
-		case j = <-w.jobs:
-			w.do(&j)
-		default:
-			return
-		}
-	}
 }
 
 func (w *fanWorker) do(j *fanJob) {
