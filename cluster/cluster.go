@@ -75,6 +75,17 @@ type Config struct {
 	// LoadInterval is how often load is re-announced. Zero means 2s.
 	LoadInterval time.Duration
 
+	// ReconnectInterval is how often the node tries to join again the
+	// members it saw fail and the Join addresses that are not alive
+	// members. memberlist alone never contacts a member it declared dead,
+	// so without this two sides of a healed partition stay apart. Zero
+	// means 10s; negative turns it off.
+	ReconnectInterval time.Duration
+
+	// ReconnectTimeout is how long a failed member is tried again. Zero
+	// means 1h.
+	ReconnectTimeout time.Duration
+
 	// Profile picks memberlist's timing: "lan" (default) or "local"
 	// (fast failure detection, for tests on one host).
 	Profile string
@@ -157,6 +168,12 @@ func (c Config) withDefaults() (Config, error) {
 	if c.LoadInterval == 0 {
 		c.LoadInterval = 2 * time.Second
 	}
+	if c.ReconnectInterval == 0 {
+		c.ReconnectInterval = 10 * time.Second
+	}
+	if c.ReconnectTimeout == 0 {
+		c.ReconnectTimeout = time.Hour
+	}
 	if c.Load == nil {
 		c.Load = func() Load { return Load{} }
 	}
@@ -187,7 +204,7 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("%w: Identity %+v", ErrInvalidConfig, c.Identity)
 	case c.Profile != "lan" && c.Profile != "local":
 		return c, fmt.Errorf("%w: Profile %q", ErrInvalidConfig, c.Profile)
-	case c.LoadInterval < 0, c.MaxRooms < 0, c.ReconcileInterval < 0, c.ClaimGrace < 0, c.ProxyTimeout < 0:
+	case c.LoadInterval < 0, c.MaxRooms < 0, c.ReconcileInterval < 0, c.ClaimGrace < 0, c.ProxyTimeout < 0, c.ReconnectTimeout < 0:
 		return c, fmt.Errorf("%w: negative value", ErrInvalidConfig)
 	}
 	return c, nil
@@ -195,6 +212,7 @@ func (c Config) withDefaults() (Config, error) {
 
 // Node is this process's membership in the cluster.
 type Node struct {
+	left    atomic.Bool // Leave was called: stop reconnecting
 	cfg     Config
 	log     zerolog.Logger
 	ml      *memberlist.Memberlist
@@ -271,6 +289,10 @@ func New(cfg Config) (*Node, error) {
 	n.wg.Add(2)
 	go n.run()
 	go n.runDirectory()
+	if cfg.ReconnectInterval > 0 {
+		n.wg.Add(1)
+		go n.reconnectLoop()
+	}
 	return n, nil
 }
 
@@ -483,6 +505,7 @@ func (n *Node) signal() {
 // Leave tells the others this node is going, waiting up to timeout for the
 // message to spread.
 func (n *Node) Leave(timeout time.Duration) error {
+	n.left.Store(true) // no reconnecting after a deliberate leave
 	return n.ml.Leave(timeout)
 }
 
@@ -495,7 +518,7 @@ func (n *Node) Close() error {
 			return
 		default:
 		}
-		if err := n.ml.Leave(2 * time.Second); err != nil {
+		if err := n.Leave(2 * time.Second); err != nil {
 			n.log.Warn().Err(err).Msg("leave")
 		}
 	})

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/memberlist"
 )
@@ -22,8 +23,10 @@ type memberTable struct {
 type memberEntry struct {
 	name  string
 	addr  netip.Addr
+	port  uint16 // gossip
 	state memberlist.NodeStateType
-	meta  []byte // a copy
+	since time.Time // when it entered state
+	meta  []byte    // a copy
 }
 
 // maxMembers bounds the table; departed members go first.
@@ -31,11 +34,14 @@ const maxMembers = 4096
 
 func (t *memberTable) note(n *memberlist.Node, state memberlist.NodeStateType) {
 	a, _ := netip.AddrFromSlice(n.Addr)
-	e := memberEntry{name: n.Name, addr: a.Unmap(), state: state, meta: slices.Clone(n.Meta)}
+	e := memberEntry{name: n.Name, addr: a.Unmap(), port: n.Port, state: state, since: time.Now(), meta: slices.Clone(n.Meta)}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.m == nil {
 		t.m = map[string]memberEntry{}
+	}
+	if old, ok := t.m[n.Name]; ok && old.state == state {
+		e.since = old.since
 	}
 	if _, ok := t.m[n.Name]; !ok && len(t.m) >= maxMembers {
 		for k, v := range t.m {

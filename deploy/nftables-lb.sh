@@ -167,16 +167,19 @@ EOF
 	# that backend, then clashes with it and NAT rewrites the client's port:
 	# the node sees a new address, and its media to the old one goes down the
 	# stale entry, from an address the client drops, for as long as it keeps
-	# sending. Only replies of tracked flows may leave.
-	backends=$(echo "$BACKENDS" | sed 's/ /, /g')
+	# sending. Only replies of tracked flows may leave. The rule names no
+	# backend: a node just removed from the pool (drained, re-hashed away)
+	# still answers its flows for a moment, and its stray datagrams must not
+	# create entries either; a client's own flow to the VIP is DNATed, so it
+	# always passes.
 	cat <<EOF
 	}
 	chain forward {
 		type filter hook forward priority filter; policy accept;
-		ip saddr { $backends } udp sport $UDP_PORT ct state new counter drop
+		udp sport $UDP_PORT ct state new ct status & dnat == 0 counter drop
 EOF
 	if [ -n "$TCP_PORT" ]; then
-		echo "		ip saddr { $backends } tcp sport $TCP_PORT ct state new counter drop"
+		echo "		tcp sport $TCP_PORT ct state new ct status & dnat == 0 counter drop"
 	fi
 	cat <<EOF
 	}

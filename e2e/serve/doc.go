@@ -18,7 +18,17 @@
 // processes in internal/netnstest's node namespaces behind an nftables DNAT
 // VIP, with pion clients as processes in client namespaces (the test binary
 // re-executed, TestKernelLBClient): media through the VIP and the relay, an
-// LB re-hash under live media, and kill -9 of a node.
+// LB re-hash under live media, and kill -9 of a node. The fault tests
+// (faults_linux_test.go) cut a node off and heal it (membership converges,
+// no room is left on two nodes), drain all three nodes in turn under `bench
+// load` (no session ended by the server), re-hash the LB under several rooms,
+// and restart every node but a room's owner (the room never ends or splits).
+// The flood tests (flood_linux_test.go) throw a million random STUN checks,
+// a million junk datagrams, spoofed checks for a live ufrag, relay frames
+// from strangers and with bad MACs, and WHIP POST floods at a node holding
+// live sessions, and check that the sessions lose nothing, memory stays
+// bounded, every datagram is counted by reason and nothing is logged per
+// packet.
 //
 // Every process a test starts is killed by PID in its clean-up, every wait has
 // a deadline, and no test sleeps to synchronize. Under -race the binary is

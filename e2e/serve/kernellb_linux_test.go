@@ -59,11 +59,14 @@ type klbCluster struct {
 	top   *netnstest.Topology
 	nodes []*node
 	names []string
+	key   string   // the cluster key, for nodes started again
+	flags []string // extra serve flags of every node
 }
 
 // startKLBCluster builds the topology (3 nodes, 2 client hosts) and starts a
-// node process in each node namespace, joined into one cluster.
-func startKLBCluster(t *testing.T) *klbCluster {
+// node process in each node namespace, joined into one cluster; flags are
+// extra serve flags for every node.
+func startKLBCluster(t *testing.T, flags ...string) *klbCluster {
 	t.Helper()
 	top, err := netnstest.New(t, netnstest.Config{Nodes: 3, Clients: 2, UDPPort: klbUDPPort, TCPPort: klbHTTPPort})
 	if err != nil {
@@ -71,13 +74,23 @@ func startKLBCluster(t *testing.T) *klbCluster {
 	}
 	var k [16]byte
 	_, _ = rand.Read(k[:])
-	c := &klbCluster{t: t, top: top}
-	key := hex.EncodeToString(k[:])
+	c := &klbCluster{t: t, top: top, key: hex.EncodeToString(k[:]), flags: flags}
 	for i := range top.Nodes() {
-		c.nodes = append(c.nodes, c.startNode(i, key))
+		join := 0 // every node joins n0, which joins nobody
+		if i == 0 {
+			join = -1
+		}
+		c.nodes = append(c.nodes, c.startNode(i, join))
 		c.names = append(c.names, fmt.Sprintf("n%d", i))
 	}
-	waitFor(t, "three alive members on every node", klbJoinBudget, func() bool {
+	c.waitMembers(klbJoinBudget)
+	return c
+}
+
+// waitMembers waits until every node sees every node alive and is ready.
+func (c *klbCluster) waitMembers(d time.Duration) {
+	c.t.Helper()
+	waitFor(c.t, "all members alive on every node", d, func() bool {
 		for i := range c.nodes {
 			if len(c.alive(i)) != len(c.nodes) {
 				return false
@@ -86,17 +99,17 @@ func startKLBCluster(t *testing.T) *klbCluster {
 		return true
 	})
 	for i, n := range c.nodes {
-		waitFor(t, fmt.Sprintf("n%d ready", i), klbJoinBudget, func() bool {
+		waitFor(c.t, fmt.Sprintf("n%d ready", i), d, func() bool {
 			code, _ := n.health(n.base, "/readyz")
 			return code == http.StatusOK
 		})
 	}
-	return c
 }
 
-// startNode starts `oneport serve` in node i's namespace, killed by PID at
-// clean-up, and waits for its serving line.
-func (c *klbCluster) startNode(i int, key string) *node {
+// startNode starts `oneport serve` as node i (named n<i>) in its namespace,
+// joining node join (none if negative), killed by PID at clean-up, and waits
+// for its serving line.
+func (c *klbCluster) startNode(i, join int) *node {
 	t, top := c.t, c.top
 	t.Helper()
 	addr := top.NodeAddr(i).String()
@@ -104,10 +117,11 @@ func (c *klbCluster) startNode(i int, key string) *node {
 		"--udp", fmt.Sprintf(":%d", klbUDPPort), "--http", fmt.Sprintf(":%d", klbHTTPPort),
 		"--public-ip", top.VIP().String(),
 		"--gossip", fmt.Sprintf("%s:%d", addr, klbGossipPort), "--relay", fmt.Sprintf("%s:%d", addr, klbRelayPort),
-		"--advertise", addr, "--node-name", fmt.Sprintf("n%d", i), "--cluster-key", key}
-	if i > 0 {
-		args = append(args, "--join", fmt.Sprintf("%s:%d", top.NodeAddr(0), klbGossipPort))
+		"--advertise", addr, "--node-name", fmt.Sprintf("n%d", i), "--cluster-key", c.key}
+	if join >= 0 {
+		args = append(args, "--join", fmt.Sprintf("%s:%d", top.NodeAddr(join), klbGossipPort))
 	}
+	args = append(args, c.flags...)
 	cmd := top.NodeNS(i).Command(oneportBin, args...)
 	cmd.Env = cleanEnv()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -454,14 +468,45 @@ type klbRun struct {
 
 func startKLBRun(t *testing.T) *klbRun {
 	t.Helper()
-	c := startKLBCluster(t)
-	r := &klbRun{klbCluster: c, room: "klb"}
+	return startKLBCluster(t).startRun("klb", klbSubscribers)
+}
+
+// startRun starts a room on the cluster: a publisher (client host 0), then,
+// once every node knows the room's owner, subs subscribers (client host 1),
+// all connected and receiving. Several runs may share a cluster.
+func (c *klbCluster) startRun(room string, subs int) *klbRun {
+	t := c.t
+	t.Helper()
+	r := &klbRun{klbCluster: c, room: room}
 	base := fmt.Sprintf("http://%s", c.top.TCPAddr())
-	r.pub = c.startClient("publisher", c.top.ClientNSAt(0), klbClientConfig{Role: "pub", Base: base, Room: r.room, Iface: "eth0"})
+	r.pub = c.startClient(room+" publisher", c.top.ClientNSAt(0), klbClientConfig{Role: "pub", Base: base, Room: r.room, Iface: "eth0"})
 	r.pub.ready()
+	r.startSubs(subs)
+	return r
+}
+
+// startSubs waits until every node agrees on the room's one owner, then
+// starts n subscribers (client host 1), all connected and receiving.
+func (r *klbRun) startSubs(n int) {
+	c, t := r.klbCluster, r.t
+	t.Helper()
+	base := fmt.Sprintf("http://%s", c.top.TCPAddr())
 	// Every node must know the owner before subscribers arrive through any
 	// of them; the claim spreads by gossip.
-	waitFor(t, "every node agreeing on the room's one owner", klbOwnerBudget, func() bool {
+	r.waitOwner()
+	r.subs = c.startClient(r.room+" subscribers", c.top.ClientNSAt(1), klbClientConfig{
+		Role: "sub", Base: base, Room: r.room, Peers: n, Iface: "eth0",
+		Avoid: c.names[r.owner], // at least one WHEP request is proxied
+	})
+	r.subs.ready()
+}
+
+// waitOwner waits until every node's directory gives the room one owner,
+// the same, and sets r.owner.
+func (r *klbRun) waitOwner() {
+	c := r.klbCluster
+	c.t.Helper()
+	waitFor(c.t, "every node agreeing on the room's one owner", klbOwnerBudget, func() bool {
 		first := ""
 		for i := range c.nodes {
 			o := c.owners(i, r.room)
@@ -473,12 +518,6 @@ func startKLBRun(t *testing.T) *klbRun {
 		r.owner = slices.Index(c.names, first)
 		return r.owner >= 0
 	})
-	r.subs = c.startClient("subscribers", c.top.ClientNSAt(1), klbClientConfig{
-		Role: "sub", Base: base, Room: r.room, Peers: klbSubscribers, Iface: "eth0",
-		Avoid: c.names[r.owner], // at least one WHEP request is proxied
-	})
-	r.subs.ready()
-	return r
 }
 
 // sent is the publisher's latest packet count.
@@ -700,60 +739,90 @@ func TestClusterKernelLBRehash(t *testing.T) {
 	start := time.Now()
 	r := startKLBRun(t)
 	r.waitMedia("media before the re-hash", mediaBudget, r.sent()+klbResumePackets)
-	before := r.flows()
-	all := append(r.pub.latest().Peers, r.subs.latest().Peers...)
-	t.Logf("before the re-hash: %s", r.where(before))
+	t.Logf("before the re-hash: %s", r.where(r.flows()))
+	h := rehashRuns(r.klbCluster, []*klbRun{r})
+	pub, subs := r.stop()
+	t.Logf("re-hash moved %d of %d flows; the publisher's: n%d -> n%d", h.moved, h.flows, r.nodeOf(h.before, pub), r.nodeOf(h.after, pub))
+	worst := r.checkRehashed(h, 0, pub.Sent-1, subs)
+	t.Logf("largest media gap after the re-hash: %v (target < 1s); total %v", worst.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
+}
 
-	var rehashAt time.Time
-	var fromAtRehash uint64 // the publisher's count at the first re-hash
-	var after map[netip.AddrPort]int
-	moved := 0
+// klbRehash is what rehashRuns did.
+type klbRehash struct {
+	at            time.Time              // the first re-hash
+	from          []uint64               // each run's publisher count at the first re-hash
+	before, after map[netip.AddrPort]int // conntrack before the first and after the last
+	moved, flows  int                    // flows that changed node, of all the runs' flows
+}
+
+// rehashRuns re-hashes the LB (new seed, conntrack flushed) under the runs'
+// live media, each time waiting until every subscriber of every run is a
+// second past what its publisher had sent at the re-hash, until a re-hash
+// moved a flow (at most klbMaxRehashes).
+func rehashRuns(c *klbCluster, runs []*klbRun) klbRehash {
+	t := c.t
+	t.Helper()
+	h := klbRehash{before: c.flows(), from: make([]uint64, len(runs))}
+	var all []klbPeerReport
+	for _, r := range runs {
+		all = append(append(all, r.pub.latest().Peers...), r.subs.latest().Peers...)
+	}
+	h.flows = len(all)
 	for try := range klbMaxRehashes {
 		at := time.Now()
-		if err := r.top.Rehash(); err != nil {
+		if err := c.top.Rehash(); err != nil {
 			t.Fatal(err)
 		}
-		// Every subscriber past what the publisher had sent at the re-hash,
-		// plus a second: media resumed on every path.
-		from := r.sent()
-		if try == 0 {
-			rehashAt, fromAtRehash = at, from
+		from := make([]uint64, len(runs))
+		for i, r := range runs {
+			from[i] = r.sent()
 		}
-		r.waitMedia("media after the re-hash", klbResumeBudget, from+klbResumePackets)
-		after = r.flows()
-		moved = 0
+		if try == 0 {
+			h.at, h.from = at, from
+		}
+		// Every subscriber past what its publisher had sent at the re-hash,
+		// plus a second: media resumed on every path.
+		for i, r := range runs {
+			r.waitMedia("media after the re-hash", klbResumeBudget, from[i]+klbResumePackets)
+		}
+		h.after = c.flows()
+		h.moved = 0
 		for _, p := range all {
-			if r.nodeOf(before, p) != r.nodeOf(after, p) {
-				moved++
+			if c.nodeOf(h.before, p) != c.nodeOf(h.after, p) {
+				h.moved++
 			}
 		}
-		if moved > 0 {
-			break
+		if h.moved > 0 {
+			return h
 		}
 		t.Logf("re-hash %d moved no flow; again", try+1)
 	}
-	if moved == 0 {
-		t.Fatalf("%d re-hashes moved none of %d flows", klbMaxRehashes, len(all))
-	}
-	pub, subs := r.stop()
+	t.Fatalf("%d re-hashes moved none of %d flows", klbMaxRehashes, len(all))
+	return h
+}
 
-	t.Logf("re-hash moved %d of %d flows; the publisher's: n%d -> n%d", moved, len(all), r.nodeOf(before, pub), r.nodeOf(after, pub))
+// checkRehashed logs each subscriber's path and gaps around the re-hash h,
+// checks that it got media after it and the publisher's packet last, and
+// returns the largest gap after the re-hash. i is the run's index in the
+// runs given to rehashRuns.
+func (r *klbRun) checkRehashed(h klbRehash, i int, last uint64, subs []klbPeerReport) time.Duration {
+	t := r.t
+	t.Helper()
 	var worst time.Duration
-	for i, s := range subs {
-		g := largestGapSince(s, rehashAt)
+	for j, s := range subs {
+		g := largestGapSince(s, h.at)
 		worst = max(worst, g)
-		t.Logf("subscriber %d: n%d -> n%d, largest gap after the re-hash %v (before it: %v); %d skipped, %d of them retransmitted late; %d repeated; last %d of %d",
-			i, r.nodeOf(before, s), r.nodeOf(after, s), g.Round(time.Millisecond),
-			largestGapBefore(s, rehashAt).Round(time.Millisecond), s.Lost, s.Recovered, s.Backwards-s.Recovered, s.Last, pub.Sent-1)
-
-		if s.Last != pub.Sent-1 {
-			t.Errorf("subscriber %d: last packet %d, want %d", i, s.Last, pub.Sent-1)
+		t.Logf("%s subscriber %d: n%d -> n%d, largest gap after the re-hash %v (before it: %v); %d skipped, %d of them retransmitted late; %d repeated; last %d, want %d",
+			r.room, j, r.nodeOf(h.before, s), r.nodeOf(h.after, s), g.Round(time.Millisecond),
+			largestGapBefore(s, h.at).Round(time.Millisecond), s.Lost, s.Recovered, s.Backwards-s.Recovered, s.Last, last)
+		if s.Last < last {
+			t.Errorf("%s subscriber %d: last packet %d, want %d", r.room, j, s.Last, last)
 		}
-		if s.Count == 0 || s.Last <= fromAtRehash {
-			t.Errorf("subscriber %d: no media after the re-hash", i)
+		if s.Count == 0 || s.Last <= h.from[i] {
+			t.Errorf("%s subscriber %d: no media after the re-hash", r.room, j)
 		}
 	}
-	t.Logf("largest media gap after the re-hash: %v (target < 1s); total %v", worst.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
+	return worst
 }
 
 // TestClusterKernelLBNodeKill: kill -9 a node that neither owns the room nor
