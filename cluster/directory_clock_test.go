@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"github.com/oneport/oneport/internal/testclock"
 	"io"
 	"net"
 	"net/http"
@@ -13,24 +14,6 @@ import (
 
 	"github.com/oneport/oneport/mux"
 )
-
-// fakeClock is a Clock the test moves.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
 
 // stubSFU stands in for the sfu behind Node.Signaling: it serves every
 // request with a Served-By header naming its node, records what it served
@@ -212,7 +195,7 @@ func (c *httpClient) do(t *testing.T, method, url string, hdr ...string) (int, s
 // work itself; memberlist runs in real time alongside.
 func TestDirectoryRoomKeptFor48Hours(t *testing.T) {
 	defer verifyNoLeaks(t)
-	clk := &fakeClock{now: time.Date(2025, 3, 1, 0, 0, 0, 0, time.UTC)}
+	clk := testclock.New(time.Date(2025, 3, 1, 0, 0, 0, 0, time.UTC))
 	key := []byte("48 hours")
 	a := startHTTPNode(t, "127.0.0.1", httpNodeOpts{key: key, clock: clk})
 	defer a.close()
@@ -283,7 +266,7 @@ func TestDirectoryRoomKeptFor48Hours(t *testing.T) {
 		}
 	}()
 	for at := tick; at <= total; at += tick {
-		clk.advance(tick)
+		clk.Advance(tick)
 		for _, n := range nodes {
 			n.node.directoryTick()
 		}
@@ -359,7 +342,7 @@ func TestDirectoryRoomKeptFor48Hours(t *testing.T) {
 // once ClaimGrace has passed on the injected clock, not on the wall clock.
 func TestReconcileUsesTheClock(t *testing.T) {
 	defer verifyNoLeaks(t)
-	clk := &fakeClock{now: time.Date(2025, 3, 1, 0, 0, 0, 0, time.UTC)}
+	clk := testclock.New(time.Date(2025, 3, 1, 0, 0, 0, 0, time.UTC))
 	n := startHTTPNode(t, "127.0.0.1", httpNodeOpts{clock: clk})
 	defer n.close()
 	n.stub.mu.Lock()
@@ -377,13 +360,13 @@ func TestReconcileUsesTheClock(t *testing.T) {
 	if _, ok := n.node.dir.owned()["claimed-only"]; !ok {
 		t.Fatal("a fresh claim was released before ClaimGrace")
 	}
-	clk.advance(31 * time.Second)
+	clk.Advance(31 * time.Second)
 	n.node.directoryTick()
 	if _, ok := n.node.dir.owned()["claimed-only"]; ok {
 		t.Fatal("a claim the sfu does not hold survived ClaimGrace on the injected clock")
 	}
 	for range 48 * 60 * 30 { // 48 h of 2 s ticks
-		clk.advance(2 * time.Second)
+		clk.Advance(2 * time.Second)
 		n.node.directoryTick()
 	}
 	if c, ok := n.node.dir.owned()["held"]; !ok || !time.Unix(0, c).Equal(clk.Now().Add(-48*time.Hour-31*time.Second)) {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/oneport/oneport/internal/testclock"
 	"io"
 	"net"
 	"net/http"
@@ -239,7 +240,7 @@ func roomPlacedOn(t *testing.T, n *httpNode, want, prefix string) string {
 // client; one signed with the cluster's key skips placement.
 func TestForgedForwardedHeaderIsPlaced(t *testing.T) {
 	defer verifyNoLeaks(t)
-	clk := &fakeClock{now: time.Now()}
+	clk := testclock.New(time.Now())
 	key := []byte("cluster key")
 	a := startHTTPNode(t, "127.0.0.1", httpNodeOpts{key: key, clock: clk})
 	defer a.close()
@@ -376,9 +377,9 @@ func TestForwardedLoopBounded(t *testing.T) {
 	defer verifyNoLeaks(t)
 	key := []byte("cluster key")
 	now := time.Now()
-	a := startHTTPNode(t, "127.0.0.1", httpNodeOpts{key: key, clock: &fakeClock{now: now}})
+	a := startHTTPNode(t, "127.0.0.1", httpNodeOpts{key: key, clock: testclock.New(now)})
 	defer a.close()
-	b := startHTTPNode(t, "127.0.0.2", httpNodeOpts{key: key, clock: &fakeClock{now: now.Add(time.Minute)}, join: []string{a.gossip()}})
+	b := startHTTPNode(t, "127.0.0.2", httpNodeOpts{key: key, clock: testclock.New(now.Add(time.Minute)), join: []string{a.gossip()}})
 	defer b.close()
 	waitMembers(t, []*httpNode{a, b}, 2)
 	// Each believes the other owns the room (claims it never made: a node

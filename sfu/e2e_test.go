@@ -3,9 +3,9 @@ package sfu
 import (
 	"bufio"
 	"encoding/json"
+	"github.com/oneport/oneport/internal/testclock"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -298,33 +298,16 @@ func TestEventsStream(t *testing.T) {
 	}
 }
 
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
-
 // A room live for days still accepts joiners; it ends only after being empty
 // for EmptyTimeout.
 func TestRoomLivesForDays(t *testing.T) {
-	clk := &fakeClock{now: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)}
+	clk := testclock.New(time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC))
 	e := newTestEnv(t, func(c *Config) { c.Clock = clk; c.SweepInterval = time.Hour })
 	pub := newPublisher(t, e, "days", nil, true)
 	pub.start(5*time.Millisecond, 100000)
 	waitFor(t, "tracks published", 5*time.Second, func() bool { return e.srv.Stats().Tracks == 2 })
 	for range 5 * 24 {
-		clk.advance(time.Hour)
+		clk.Advance(time.Hour)
 		e.srv.sweep(clk.Now())
 	}
 	sub := newSubscriber(t, e, "/whep/days", true, true)
@@ -338,12 +321,12 @@ func TestRoomLivesForDays(t *testing.T) {
 			t.Fatalf("DELETE: %d", res.code)
 		}
 	}
-	clk.advance(29 * time.Second)
+	clk.Advance(29 * time.Second)
 	e.srv.sweep(clk.Now())
 	if res := e.do("GET", "/api/rooms/days", "", ""); res.code != http.StatusOK {
 		t.Fatalf("room gone 29s after empty: %d", res.code)
 	}
-	clk.advance(2 * time.Second)
+	clk.Advance(2 * time.Second)
 	e.srv.sweep(clk.Now())
 	if res := e.do("GET", "/api/rooms/days", "", ""); res.code != http.StatusNotFound {
 		t.Fatalf("room still there 31s after empty: %d %s", res.code, res.body)

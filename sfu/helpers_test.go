@@ -31,7 +31,13 @@ type testEnv struct {
 
 func newTestEnv(t *testing.T, adjust func(*Config)) *testEnv {
 	t.Helper()
-	m, err := mux.Listen("127.0.0.1:0", mux.Config{})
+	return newTestEnvOn(t, mux.Config{}, adjust)
+}
+
+// newTestEnvOn is newTestEnv on a mux configured by mcfg.
+func newTestEnvOn(t *testing.T, mcfg mux.Config, adjust func(*Config)) *testEnv {
+	t.Helper()
+	m, err := mux.Listen("127.0.0.1:0", mcfg)
 	if err != nil {
 		t.Fatalf("mux.Listen: %v", err)
 	}

@@ -3,7 +3,6 @@ package sfu
 import (
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -22,34 +21,29 @@ const restartTag = "T3st"
 // carrying it, as a cluster node's (cmd/oneport serve).
 func newTaggedEnv(t *testing.T) *testEnv {
 	t.Helper()
-	m, err := mux.Listen("127.0.0.1:0", mux.Config{Tag: restartTag})
-	if err != nil {
-		t.Fatalf("mux.Listen: %v", err)
-	}
-	s, err := New(Config{
-		UDPMux: m, IncludeLoopback: true, KeyframeInterval: 50 * time.Millisecond,
-		NewICECredentials: func() (string, string) {
+	return newTestEnvOn(t, mux.Config{Tag: restartTag}, func(c *Config) {
+		c.NewICECredentials = func() (string, string) {
 			u, err := mux.NewUfrag(mux.UfragPrefix(restartTag))
 			if err != nil {
 				panic(err)
 			}
 			return u, mux.NewPassword()
-		},
-	})
-	if err != nil {
-		m.Close()
-		t.Fatalf("New: %v", err)
-	}
-	e := &testEnv{t: t, mux: m, srv: s, http: httptest.NewServer(s.Handler())}
-	t.Cleanup(func() {
-		e.http.CloseClientConnections()
-		e.http.Close()
-		if err := s.Close(); err != nil {
-			t.Errorf("Close: %v", err)
 		}
-		m.Close()
 	})
-	return e
+}
+
+// restartRoom starts a tagged server with a publisher sending and a
+// subscriber receiving in room "rs".
+func restartRoom(t *testing.T) (*testEnv, *publisher, *subscriber) {
+	t.Helper()
+	e := newTaggedEnv(t)
+	pub := newPublisher(t, e, "rs", nil, false)
+	pub.start(10*time.Millisecond, 1_000_000)
+	// The server publishes a track on its first packet.
+	waitFor(t, "track published", 5*time.Second, func() bool { return e.srv.Stats().Tracks == 1 })
+	sub := newSubscriber(t, e, "/whep/rs", true, false)
+	waitFor(t, "media before the restart", 10*time.Second, func() bool { return sub.video.len() > 0 })
+	return e, pub, sub
 }
 
 // clientRestart makes pc restart ICE as a WHIP/WHEP client does (RFC 9725
@@ -197,13 +191,7 @@ func waitMediaAfter(t *testing.T, what string, sub *subscriber, sent uint64) {
 // with the owner tag, moves the session to the new ufrag on the mux, and
 // media keeps reaching the subscriber.
 func TestICERestartPublisherMedia(t *testing.T) {
-	e := newTaggedEnv(t)
-	pub := newPublisher(t, e, "rs", nil, false)
-	pub.start(10*time.Millisecond, 1_000_000)
-	// The server publishes a track on its first packet.
-	waitFor(t, "track published", 5*time.Second, func() bool { return e.srv.Stats().Tracks == 1 })
-	sub := newSubscriber(t, e, "/whep/rs", true, false)
-	waitFor(t, "media before the restart", 10*time.Second, func() bool { return sub.video.len() > 0 })
+	e, pub, sub := restartRoom(t)
 
 	p, err := e.srv.resource("rs", resourceID(pub.location), rolePublisher)
 	if err != nil {
@@ -235,13 +223,7 @@ func TestICERestartPublisherMedia(t *testing.T) {
 
 // A subscriber's ICE restart: fresh credentials, and it keeps receiving.
 func TestICERestartSubscriberMedia(t *testing.T) {
-	e := newTaggedEnv(t)
-	pub := newPublisher(t, e, "rs", nil, false)
-	pub.start(10*time.Millisecond, 1_000_000)
-	// The server publishes a track on its first packet.
-	waitFor(t, "track published", 5*time.Second, func() bool { return e.srv.Stats().Tracks == 1 })
-	sub := newSubscriber(t, e, "/whep/rs", true, false)
-	waitFor(t, "media before the restart", 10*time.Second, func() bool { return sub.video.len() > 0 })
+	e, pub, sub := restartRoom(t)
 
 	p, err := e.srv.resource("rs", resourceID(sub.location), roleSubscriber)
 	if err != nil {
