@@ -105,8 +105,10 @@ func TestRunMuxShort(t *testing.T) {
 			t.Errorf("%s stalled: %s", s.Receiver, s.Error)
 			continue
 		}
-		if s.Dispatched != stalledPackets {
-			t.Errorf("%s stalled: mux read %d datagrams, want %d", s.Receiver, s.Dispatched, stalledPackets)
+		// A STUN check the handshake retried may land after the count
+		// starts: a datagram or two over, never under.
+		if s.Dispatched < stalledPackets || s.Dispatched > stalledPackets+2 {
+			t.Errorf("%s stalled: mux read %d datagrams, want %d (+2 late checks at most)", s.Receiver, s.Dispatched, stalledPackets)
 		}
 	}
 	// oneport's queue holds QueueLen datagrams and drops the rest, counted.
@@ -250,9 +252,9 @@ func checkHostile(t *testing.T, name string, h *HostileReport) {
 		t.Errorf("oneport hostile: junk+unknown_address+not_request drops %d, want junk+spoofed RTP sent %d",
 			d["junk"]+d["unknown_address"]+d["not_request"], hs.Junk+hs.SpoofedRTP)
 	}
-	if h.Reached.STUNRejected+d["unbound_limit"] != hs.SpoofedSTUN {
-		t.Errorf("oneport hostile: spoofed STUN reached %d + unbound_limit %d, want %d sent",
-			h.Reached.STUNRejected, d["unbound_limit"], hs.SpoofedSTUN)
+	if h.Reached.STUNRejected+d["unbound_limit"]+d["unbound_rate"] != hs.SpoofedSTUN {
+		t.Errorf("oneport hostile: spoofed STUN reached %d + unbound_limit %d + unbound_rate %d, want %d sent",
+			h.Reached.STUNRejected, d["unbound_limit"], d["unbound_rate"], hs.SpoofedSTUN)
 	}
 }
 

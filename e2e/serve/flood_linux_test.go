@@ -685,8 +685,9 @@ func (f *floodFixture) floodJunk(size uint64) {
 // floodLiveUfrag sends size checks naming the live sessions' ufrags (the
 // publisher's and a subscriber's, read from the node's answers) with a bad
 // MESSAGE-INTEGRITY, from 127.0.0.2 to 127.0.0.200, five ports each. They
-// reach the sessions' ICE agents within the unbound budget, or are dropped
-// as unbound_limit; none may be answered or bind an address.
+// reach the sessions' ICE agents within the unbound budget and rate, or are
+// dropped as unbound_limit or unbound_rate; none may be answered or bind an
+// address.
 func (f *floodFixture) floodLiveUfrag(size uint64) {
 	t := f.t
 	var srcs []netip.AddrPort

@@ -44,7 +44,7 @@ const floodMaxPacket = 1600
 // mux.NumDropReasons is the reason the datagram must be dropped for).
 const (
 	floodKindProbe   = int(mux.NumDropReasons) + iota // a Binding request without USERNAME: handed to lbhealth
-	floodKindSession                                  // names a live session's ufrag: queued to it or unbound_limit
+	floodKindSession                                  // names a live session's ufrag: queued to it, unbound_limit or unbound_rate
 	floodNumKinds
 )
 
