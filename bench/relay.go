@@ -152,8 +152,8 @@ func RunRelay(ctx context.Context, cfg RelayConfig) (rep RelayReport, err error)
 	defer func() { _ = rcv.close() }()
 	rcv.drops = func() map[string]uint64 { return dropsOf(owner.m, ingress.m) }
 
-	run := func(name string, target netip.AddrPort) (RunReport, int, error) {
-		procs, err := startSenders(mc, target, specs)
+	run := func(name string, target netip.AddrPort, source string) (RunReport, int, error) {
+		procs, err := startSenders(mc, target, source, specs)
 		defer func() { stopSenders(procs, err == nil) }()
 		if err != nil {
 			return RunReport{}, 0, err
@@ -182,11 +182,15 @@ func RunRelay(ctx context.Context, cfg RelayConfig) (rep RelayReport, err error)
 		log.Info().Str("path", name).Float64("pps", r.DeliveredPPS).Float64("ns_per_pkt", r.CPUNsPerPacket).Msg("relay: run done")
 		return r, bound, nil
 	}
-	if rep.Direct, rep.DirectBound, err = run("direct", owner.m.LocalAddr().(*net.UDPAddr).AddrPort()); err != nil {
+	if rep.Direct, rep.DirectBound, err = run("direct", owner.m.LocalAddr().(*net.UDPAddr).AddrPort(), ""); err != nil {
 		return rep, err
 	}
 	frames0 := relayFrames(nodes)
-	if rep.Relayed, rep.RelayedBound, err = run("relayed", ingress.m.LocalAddr().(*net.UDPAddr).AddrPort()); err != nil {
+	// The relayed run's clients come from another address: the owner still
+	// holds the direct run's bindings (the same sessions, alive), and a
+	// client port the kernel hands out again would reach the session bound
+	// to it instead of the one its check names.
+	if rep.Relayed, rep.RelayedBound, err = run("relayed", ingress.m.LocalAddr().(*net.UDPAddr).AddrPort(), relayedSource(mc.Network)); err != nil {
 		return rep, err
 	}
 	rep.RelayFrames = relayFrames(nodes) - frames0
@@ -230,4 +234,13 @@ func freePort() (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// relayedSource is the relayed run's client address: another loopback
+// address for IPv4; IPv6 has only ::1.
+func relayedSource(network string) string {
+	if network == "udp6" {
+		return ""
+	}
+	return "127.0.0.9"
 }

@@ -87,7 +87,7 @@ func runReceiver(ctx context.Context, cfg MuxConfig, name string, log zerolog.Lo
 	}()
 
 	start := time.Now()
-	procs, err := startSenders(cfg, rcv.addr(), specs)
+	procs, err := startSenders(cfg, rcv.addr(), "", specs)
 	defer func() { stopSenders(procs, err == nil) }() // runs before rcv.close
 	if err != nil {
 		return rr, err
@@ -134,13 +134,16 @@ func runReceiver(ctx context.Context, cfg MuxConfig, name string, log zerolog.Lo
 // startSenders starts cfg.Senders processes, each with a contiguous share
 // of the sessions and of the hostile sockets. On error the ones started are
 // returned too, for stopSenders.
-func startSenders(cfg MuxConfig, target netip.AddrPort, specs []sessionSpec) ([]*senderProc, error) {
+// startSenders starts cfg.Senders sender processes for specs, their clients
+// sending to target from source ("": the kernel's choice of address).
+func startSenders(cfg MuxConfig, target netip.AddrPort, source string, specs []sessionSpec) ([]*senderProc, error) {
 	deadline := time.Now().Add(runBudget(cfg))
 	var procs []*senderProc
 	for i := range cfg.Senders {
 		job := senderJob{
 			Network:          cfg.Network,
 			Target:           target.String(),
+			Source:           source,
 			Sessions:         specs[i*len(specs)/cfg.Senders : (i+1)*len(specs)/cfg.Senders],
 			Batch:            cfg.SenderBatch,
 			HandshakeTimeout: cfg.HandshakeTimeout,

@@ -49,6 +49,7 @@ func MaybeRunSender() {
 type senderJob struct {
 	Network          string        `json:"network"`
 	Target           string        `json:"target"` // receiver address, loopback only
+	Source           string        `json:"source"` // local IP of the clients' sockets; "": the kernel's choice
 	Sessions         []sessionSpec `json:"sessions"`
 	Batch            int           `json:"batch"`
 	HandshakeTimeout time.Duration `json:"handshake_timeout"`
@@ -211,7 +212,13 @@ func (s *sender) dial() (*net.UDPConn, batchWriter, error) {
 	if !raddr.IP.IsLoopback() {
 		return nil, nil, fmt.Errorf("bench sender: target %v is not loopback", raddr)
 	}
-	c, err := net.DialUDP(s.job.Network, nil, raddr)
+	var laddr *net.UDPAddr
+	if s.job.Source != "" {
+		if laddr, err = net.ResolveUDPAddr(s.job.Network, net.JoinHostPort(s.job.Source, "0")); err != nil {
+			return nil, nil, fmt.Errorf("bench sender: source: %w", err)
+		}
+	}
+	c, err := net.DialUDP(s.job.Network, laddr, raddr)
 	if err != nil {
 		return nil, nil, fmt.Errorf("bench sender: dial: %w", err)
 	}
