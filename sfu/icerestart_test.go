@@ -59,10 +59,9 @@ func clientRestart(t *testing.T, e *testEnv, pc *webrtc.PeerConnection, location
 	if err := pc.SetLocalDescription(offer); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-gathered:
-	case <-time.After(10 * time.Second):
-		t.Fatal("restart gathering timed out")
+	// CreateOffer began the restart's gather: the promise alone can miss it.
+	if err := awaitGathering(pc, gathered, 10*time.Second, nil); err != nil {
+		t.Fatalf("restart: %v", err)
 	}
 	frag, err := localFragment(pc.LocalDescription().SDP)
 	if err != nil {

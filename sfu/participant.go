@@ -220,14 +220,8 @@ func (p *participant) negotiate(offer string, between func() error) (string, err
 	if err := p.pc.SetLocalDescription(answer); err != nil {
 		return "", fmt.Errorf("%w: %w", ErrNegotiation, err)
 	}
-	t := time.NewTimer(p.s.cfg.GatherTimeout)
-	defer t.Stop()
-	select {
-	case <-gathered:
-	case <-t.C:
-		return "", fmt.Errorf("sfu: candidate gathering timed out")
-	case <-p.s.ctx.Done():
-		return "", ErrClosed
+	if err := awaitGathering(p.pc, gathered, p.s.cfg.GatherTimeout, p.s.ctx.Done()); err != nil {
+		return "", err
 	}
 	local := p.pc.LocalDescription().SDP
 	if !strings.Contains(local, "a=candidate:") {
