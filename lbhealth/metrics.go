@@ -33,6 +33,7 @@ type collector struct {
 	sfuRooms, sfuParticipants, sfuTracks, sfuSubscribers *prometheus.Desc
 	sfuForwardedPackets, sfuForwardedBytes, sfuRefused   *prometheus.Desc
 	sfuDrops, sfuRetransmits, sfuNACKMisses              *prometheus.Desc
+	sfuNACKSuppressed                                    *prometheus.Desc
 
 	clusterJoined, clusterMembers, clusterDraining *prometheus.Desc
 	relayPackets, relayBytes                       *prometheus.Desc
@@ -70,7 +71,8 @@ func newCollector(h *Health) *collector {
 	c.sfuRefused = d("sfu_refused_total", "Signaling requests refused by a limit, by reason.", "reason")
 	c.sfuDrops = d("sfu_dropped_packets_total", "Media packets not sent to a subscriber, by reason.", "reason")
 	c.sfuRetransmits = d("sfu_retransmitted_packets_total", "Packets sent again for subscribers' NACKs.")
-	c.sfuNACKMisses = d("sfu_nack_misses_total", "NACKed packets no longer in the packet history.")
+	c.sfuNACKMisses = d("sfu_nack_misses_total", "NACKed packets no longer in the packet history, or too old to help.")
+	c.sfuNACKSuppressed = d("sfu_nack_suppressed_total", "NACKed packets not resent: resent to that subscriber within its RTT, or 3 times already.")
 
 	c.clusterJoined = d("cluster_joined", "1 while the node is a cluster member (absent without --join).")
 	c.clusterMembers = d("cluster_members", "Cluster members by gossip state.", "state")
@@ -142,6 +144,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		counter(c.sfuRetransmits, st.Retransmits)
 		counter(c.sfuNACKMisses, st.NACKMisses)
+		counter(c.sfuNACKSuppressed, st.NACKSuppressed)
 	}
 	if h.cfg.Cluster != nil {
 		gauge(c.clusterJoined, b2f(h.cfg.Cluster.Joined() == nil))

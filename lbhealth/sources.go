@@ -141,8 +141,10 @@ type SFUStats struct {
 	// small fixed set: "queue_full", "late", "duplicate").
 	Drops []DropCount
 	// Retransmits counts packets sent again for subscribers' NACKs;
-	// NACKMisses, NACKed packets no longer held.
-	Retransmits, NACKMisses uint64
+	// NACKMisses, NACKed packets no longer held (or too old to help);
+	// NACKSuppressed, repeats the resend policy refused (within the
+	// subscriber's RTT of the last resend, or resent 3 times already).
+	Retransmits, NACKMisses, NACKSuppressed uint64
 }
 
 // MemberState is the state of a cluster member as gossip sees it.

@@ -55,13 +55,14 @@ type LayerInfo struct {
 
 // SubscriptionInfo describes one track as a subscriber receives it.
 type SubscriptionInfo struct {
-	Track        string `json:"track"`
-	RID          string `json:"rid"`        // layer being forwarded ("" before the first keyframe)
-	TargetRID    string `json:"target_rid"` // layer chosen
-	Packets      uint64 `json:"packets"`
-	Bytes        uint64 `json:"bytes"`
-	Drops        uint64 `json:"drops"`
-	FractionLost uint32 `json:"fraction_lost"` // from its last receiver report, /256
+	Track        string  `json:"track"`
+	RID          string  `json:"rid"`        // layer being forwarded ("" before the first keyframe)
+	TargetRID    string  `json:"target_rid"` // layer chosen
+	Packets      uint64  `json:"packets"`
+	Bytes        uint64  `json:"bytes"`
+	Drops        uint64  `json:"drops"`
+	FractionLost uint32  `json:"fraction_lost"` // from its last receiver report, /256
+	RTTMs        float64 `json:"rtt_ms"`        // round-trip time from its last receiver report; 0: not known yet
 }
 
 // RoomSummaries lists the rooms, sorted by name.
@@ -95,7 +96,7 @@ func (s *Server) RoomInfo(name string) (RoomInfo, error) {
 		pi := ParticipantInfo{ID: p.id, Role: p.role.String(), Joined: p.joined, Connected: p.connected.Load()}
 		for _, d := range p.downList() {
 			si := SubscriptionInfo{Track: d.src.id, Packets: d.packets.Load(), Bytes: d.bytes.Load(),
-				Drops: d.drops.Load(), FractionLost: d.fractionLost.Load()}
+				Drops: d.drops.Load(), FractionLost: d.fractionLost.Load(), RTTMs: float64(d.rtt.Load()) / 1e6}
 			if c := d.current.Load(); c >= 0 {
 				si.RID = d.src.layers[c].rid
 			}

@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/pion/rtcp"
 	"github.com/pion/rtp"
@@ -43,6 +44,7 @@ type downTrack struct {
 	bytes        atomic.Uint64
 	drops        atomic.Uint64
 	fractionLost atomic.Uint32 // from the subscriber's last receiver report, /256
+	rtt          atomic.Int64  // ns, from the subscriber's last receiver report; 0: not known
 
 	w writerState
 }
@@ -61,6 +63,7 @@ type writerState struct {
 	hdr     rtp.Header
 	rtxSeq  uint16
 	rtx     [maxPacket + 2]byte // an RTX payload: original sequence number, then payload
+	resent  *resendLog          // allocated on the first retransmission
 }
 
 var _ webrtc.TrackLocal = (*downTrack)(nil)
@@ -178,32 +181,45 @@ func (d *downTrack) send(b *binding, ssrc uint32, pt uint8, seq uint16, ts uint3
 	d.sub.s.stats.forwardedBytes.Add(uint64(n))
 }
 
-// retransmit answers a subscriber's NACK for its sequence number seq from the
-// current layer's history: on the RTX stream when one was negotiated (RFC
-// 4588: original sequence number, then the payload), else as the original
-// packet. Packets from before the last switch of layer or source are gone
-// from the subscriber's numbering and count as misses. Send worker only.
-func (d *downTrack) retransmit(seq uint16) {
+// retransmit answers a subscriber's NACK, received at now, for its sequence
+// number seq from the current layer's history: on the RTX stream when one
+// was negotiated (RFC 4588: original sequence number, then the payload), else
+// as the original packet. Packets from before the last switch of layer or
+// source are gone from the subscriber's numbering, and packets older than
+// maxRetransmitAge are past use: both count as misses. A repeat the resend
+// policy refuses (see resendLog) counts as suppressed. Send worker only.
+func (d *downTrack) retransmit(seq uint16, now int64) {
 	b, w := d.bind.Load(), &d.w
 	cur := d.current.Load()
+	st := &d.sub.s.stats
 	if b == nil || !w.started || cur < 0 {
-		d.sub.s.stats.nackMisses.Add(1)
+		st.nackMisses.Add(1)
 		return
 	}
 	src := seq - w.seqOff
 	if int16(src-w.baseSeq) < 0 || int16(w.lastSeq-seq) < 0 {
-		d.sub.s.stats.nackMisses.Add(1)
+		st.nackMisses.Add(1)
+		return
+	}
+	if w.resent == nil {
+		w.resent = new(resendLog)
+	}
+	m := w.resent.mark(seq, now)
+	if !m.allow(now, d.rtt.Load()) {
+		st.nackSuppressed.Add(1)
 		return
 	}
 	s := d.src.layers[cur].hist.slot(src)
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	if s.gen == 0 || s.h.seq != src || s.h.ssrc != w.srcSSRC {
-		d.sub.s.stats.nackMisses.Add(1)
+	if s.gen == 0 || s.h.seq != src || s.h.ssrc != w.srcSSRC || now-s.at > int64(maxRetransmitAge) {
+		st.nackMisses.Add(1)
 		return
 	}
+	m.at = now
+	m.count++
 	ts := s.h.ts + w.tsOff
-	d.sub.s.stats.retransmits.Add(1)
+	st.retransmits.Add(1)
 	d.setExtensions(b, s)
 	if b.rtxSSRC == 0 {
 		d.send(b, b.ssrc, b.pt, seq, ts, s.h.marker, s.payload())
@@ -239,9 +255,9 @@ func (d *downTrack) rebase(h *rtpInfo, at int64, clockRate uint32) {
 	w.rebase = false
 }
 
-// rtcpLoop reads the subscriber's RTCP for this track (pion's NACK responder
-// and report interceptors act on it as it passes) and relays keyframe requests
-// to the publisher.
+// rtcpLoop reads the subscriber's RTCP for this track: keyframe requests go
+// to the publisher, NACKs to the send worker, receiver reports give loss and
+// round-trip time. pion's report interceptors see it as it passes.
 func (d *downTrack) rtcpLoop() {
 	for {
 		pkts, _, err := d.sender.ReadRTCP()
@@ -258,33 +274,87 @@ func (d *downTrack) rtcpLoop() {
 				}
 				d.src.requestKeyframe(l)
 			case *rtcp.TransportLayerNack:
-				d.queueNACK(pk)
+				d.queueNACK(pk, d.sub.s.mono())
 			case *rtcp.ReceiverReport:
-				for _, r := range pk.Reports {
-					d.fractionLost.Store(uint32(r.FractionLost))
-				}
+				d.receiverReport(pk, time.Now())
 			}
 		}
 	}
 }
 
-// maxNACKPerPacket bounds the retransmissions one RTCP NACK can ask for (a
-// single packet can name thousands); the rest count as misses.
-const maxNACKPerPacket = 128
+// receiverReport takes the loss fraction and the round-trip time (RFC 3550
+// §6.4.1: arrival minus LSR minus DLSR, from the sender reports pion's report
+// interceptor sends) from the subscriber's report block for this track's
+// media SSRC; blocks for other SSRCs (the RTX stream's) are ignored.
+func (d *downTrack) receiverReport(rr *rtcp.ReceiverReport, now time.Time) {
+	b := d.bind.Load()
+	if b == nil {
+		return
+	}
+	for _, r := range rr.Reports {
+		if r.SSRC != b.ssrc {
+			continue
+		}
+		d.fractionLost.Store(uint32(r.FractionLost))
+		if rtt, ok := reportRTT(r, now); ok {
+			d.rtt.Store(int64(rtt))
+		}
+	}
+}
 
-// queueNACK queues the sequence numbers a subscriber NACKed for its send
-// worker, which alone knows how they map onto the source. RTCP reader
+// reportRTT is the round-trip time a report block received at now gives,
+// and whether it gives one: not before the receiver has had a sender report
+// (LSR 0), nor when the result is negative or over maxRTT (clocks, or a
+// report that lies).
+func reportRTT(r rtcp.ReceptionReport, now time.Time) (time.Duration, bool) {
+	if r.LastSenderReport == 0 {
+		return 0, false
+	}
+	rtt := int32(ntpMiddle(now) - r.LastSenderReport - r.Delay) // 1/65536 s
+	if rtt < 0 {
+		return 0, false
+	}
+	d := time.Duration(int64(rtt) * int64(time.Second) >> 16)
+	if d > maxRTT {
+		return 0, false
+	}
+	return d, true
+}
+
+// ntpMiddle is the middle 32 bits of t's NTP timestamp (RFC 3550 §4): 16
+// bits of seconds, 16 of fraction, the unit of LSR and DLSR.
+func ntpMiddle(t time.Time) uint32 {
+	const ntpEpochOffset = 2208988800 // 1900 to 1970, in seconds
+	sec := uint64(t.Unix()) + ntpEpochOffset
+	frac := uint64(t.Nanosecond()) << 32 / 1e9
+	return uint32(sec<<16 | frac>>16)
+}
+
+// maxNACKPerPacket bounds the retransmissions one RTCP NACK can ask for (a
+// single packet can name thousands); maxPendingNACKs bounds a subscriber's
+// NACKed sequence numbers waiting on its send worker, so a subscriber that
+// floods NACKs cannot fill the queue it shares with other subscribers' media.
+// The rest count as misses.
+const (
+	maxNACKPerPacket = 128
+	maxPendingNACKs  = 2 * maxNACKPerPacket
+)
+
+// queueNACK queues the sequence numbers a subscriber NACKed, at now, for its
+// send worker, which alone knows how they map onto the source. RTCP reader
 // goroutine.
-func (d *downTrack) queueNACK(n *rtcp.TransportLayerNack) {
+func (d *downTrack) queueNACK(n *rtcp.TransportLayerNack, now int64) {
 	budget := maxNACKPerPacket
+	p := d.sub
 	for _, pair := range n.Nacks {
 		pair.Range(func(seq uint16) bool {
-			if budget == 0 {
-				d.sub.s.stats.nackMisses.Add(1)
+			if budget == 0 || p.nackPending.Load() >= maxPendingNACKs {
+				p.s.stats.nackMisses.Add(1)
 				return true
 			}
 			budget--
-			d.sub.worker.submit(fanJob{nack: d, seq: seq}, &d.sub.s.stats)
+			p.nackPending.Add(1)
+			p.worker.submit(fanJob{nack: d, seq: seq, at: now}, &p.s.stats)
 			return true
 		})
 	}

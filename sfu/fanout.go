@@ -27,7 +27,7 @@ type corker interface {
 }
 
 // fanJob is one packet for a worker's subscribers of it (downs), or one
-// NACKed sequence number of one subscriber (nack).
+// NACKed sequence number of one subscriber (nack), received at at.
 type fanJob struct {
 	downs []*downTrack
 	slot  *histSlot
@@ -35,6 +35,7 @@ type fanJob struct {
 	layer int32
 	nack  *downTrack
 	seq   uint16
+	at    int64 // nack: monotonic ns the NACK arrived
 }
 
 type fanout struct {
@@ -78,6 +79,7 @@ func (w *fanWorker) submit(j fanJob, st *counters) {
 	case w.jobs <- j:
 	default:
 		if j.nack != nil {
+			j.nack.sub.nackPending.Add(-1)
 			st.nackMisses.Add(1)
 			return
 		}
@@ -113,7 +115,8 @@ func (w *fanWorker) burst(j fanJob) {
 
 func (w *fanWorker) do(j *fanJob) {
 	if j.nack != nil {
-		j.nack.retransmit(j.seq)
+		j.nack.retransmit(j.seq, j.at)
+		j.nack.sub.nackPending.Add(-1)
 		return
 	}
 	for _, d := range j.downs {

@@ -220,7 +220,7 @@ func TestNACKFromHistory(t *testing.T) {
 			{PacketID: want, LostPackets: 0b1}, // want and want+1
 			{PacketID: first + 5},              // overwritten: 512 slots
 			{PacketID: first + 700},            // never sent
-		}})
+		}}, sub.s.mono())
 		drain(sub)
 		got := w.hdrs[600:]
 		if len(got) != 2 {

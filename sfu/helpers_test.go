@@ -452,7 +452,18 @@ func newSubscriber(t *testing.T, e *testEnv, path string, video, audio bool) *su
 			t.Fatal(err)
 		}
 	}
-	s.pc.OnTrack(func(tr *webrtc.TrackRemote, _ *webrtc.RTPReceiver) {
+	s.pc.OnTrack(func(tr *webrtc.TrackRemote, recv *webrtc.RTPReceiver) {
+		// pion's report interceptors see the server's sender reports only
+		// as they are read (its receiver reports then carry LSR/DLSR).
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			for {
+				if _, _, err := recv.ReadRTCP(); err != nil {
+					return
+				}
+			}
+		}()
 		rec := &s.audio
 		if tr.Kind() == webrtc.RTPCodecTypeVideo {
 			rec = &s.video

@@ -50,5 +50,25 @@ func TestSubscriberNACKAnswered(t *testing.T) {
 	if st.Retransmits != 1 || st.NACKMisses != 1 {
 		t.Fatalf("retransmits %d, NACK misses %d; want 1 and 1", st.Retransmits, st.NACKMisses)
 	}
+
+	// The subscriber's receiver reports (after pion's sender reports, 1 s
+	// apart) give its round-trip time, which spaces repeated resends.
+	var rtt float64
+	waitFor(t, "an RTT from the subscriber's receiver reports", 10*time.Second, func() bool {
+		info, err := e.srv.RoomInfo("nack")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range info.Participants {
+			for _, s := range p.Subscriptions {
+				rtt = s.RTTMs
+			}
+		}
+		return rtt > 0
+	})
+	if rtt > 1000 {
+		t.Fatalf("loopback RTT %.3f ms", rtt)
+	}
+	t.Logf("subscriber RTT %.3f ms", rtt)
 	pub.stopSending()
 }

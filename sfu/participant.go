@@ -62,6 +62,9 @@ type participant struct {
 	// Subscriber.
 	downs  []*downTrack
 	worker *fanWorker // the send worker that writes to this subscriber
+	// nackPending counts this subscriber's NACKed sequence numbers queued on
+	// its worker, bounded by maxPendingNACKs.
+	nackPending atomic.Int32
 }
 
 func (s *Server) newParticipant(r *room, role participantRole) (*participant, error) {

@@ -54,6 +54,7 @@ type counters struct {
 	late              atomic.Uint64
 	retransmits       atomic.Uint64
 	nackMisses        atomic.Uint64
+	nackSuppressed    atomic.Uint64
 	duplicates        atomic.Uint64
 	refused           [numRefusals]atomic.Uint64
 }
@@ -106,7 +107,8 @@ type Stats struct {
 	SubscriberDrops   uint64 `json:"subscriber_drops"`   // packets dropped for a subscriber: its queue was full, or the packet left the history while queued
 	LateDrops         uint64 `json:"late_drops"`         // of SubscriberDrops, those that left the history while queued
 	Retransmits       uint64 `json:"retransmits"`        // packets sent again for subscribers' NACKs
-	NACKMisses        uint64 `json:"nack_misses"`        // NACKed packets no longer in the history (or over the per-NACK bound)
+	NACKMisses        uint64 `json:"nack_misses"`        // NACKed packets no longer in the history, older than 2 s, or over the per-NACK bound
+	NACKSuppressed    uint64 `json:"nack_suppressed"`    // NACKs not answered: the packet was resent to that subscriber within its RTT, or 3 times already
 	Duplicates        uint64 `json:"duplicates"`         // publisher packets already held (a doubled retransmission): not forwarded
 	WriteErrors       uint64 `json:"write_errors"`       // writes pion refused (closing or not yet connected)
 	BadPackets        uint64 `json:"bad_packets"`        // unparsable RTP from publishers
@@ -208,6 +210,7 @@ func (s *Server) Stats() Stats {
 		LateDrops:         s.stats.late.Load(),
 		Retransmits:       s.stats.retransmits.Load(),
 		NACKMisses:        s.stats.nackMisses.Load(),
+		NACKSuppressed:    s.stats.nackSuppressed.Load(),
 		Duplicates:        s.stats.duplicates.Load(),
 		WriteErrors:       s.stats.writeErrors.Load(),
 		BadPackets:        s.stats.badPackets.Load(),

@@ -44,8 +44,9 @@ func sfuStats(st sfu.Stats) lbhealth.SFUStats {
 			{Reason: "late", Packets: st.LateDrops},
 			{Reason: "duplicate", Packets: st.Duplicates},
 		},
-		Retransmits: st.Retransmits,
-		NACKMisses:  st.NACKMisses,
+		Retransmits:    st.Retransmits,
+		NACKMisses:     st.NACKMisses,
+		NACKSuppressed: st.NACKSuppressed,
 	}
 }
 

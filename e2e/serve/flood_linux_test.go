@@ -4,7 +4,9 @@ package serve
 // process with a publisher and two subscribers in a room takes, one after
 // the other, a million STUN checks for random ufrags, a million junk
 // datagrams, spoofed checks naming a live session's ufrag, relay frames
-// from a non-member and with bad MACs, and a WHIP POST flood. For each, the
+// from a non-member and with bad MACs, RTCP NACKs from a subscriber of the
+// room asking for everything again and again, and a WHIP POST flood. For
+// each, the
 // test asserts that
 //
 //   - the live subscribers lose no packet the kernel did not drop: the
@@ -53,6 +55,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pion/rtcp"
 	"github.com/pion/webrtc/v4"
 	"golang.org/x/net/ipv4"
 
@@ -62,12 +65,12 @@ import (
 
 // Flood sizes: CI runs without -short, and a million is the figure.
 type floodSizes struct {
-	randomUfrag, junk, liveUfrag, relay, whip uint64
+	randomUfrag, junk, liveUfrag, relay, nack, whip uint64
 }
 
 var (
-	floodFull  = floodSizes{randomUfrag: 1_000_000, junk: 1_000_000, liveUfrag: 200_000, relay: 200_000, whip: 2_000}
-	floodShort = floodSizes{randomUfrag: 100_000, junk: 100_000, liveUfrag: 50_000, relay: 50_000, whip: 500}
+	floodFull  = floodSizes{randomUfrag: 1_000_000, junk: 1_000_000, liveUfrag: 200_000, relay: 200_000, nack: 20_000, whip: 2_000}
+	floodShort = floodSizes{randomUfrag: 100_000, junk: 100_000, liveUfrag: 50_000, relay: 50_000, nack: 5_000, whip: 500}
 )
 
 const (
@@ -169,6 +172,7 @@ func TestFlood(t *testing.T) {
 	f.floodJunk(sizes.junk)
 	f.floodLiveUfrag(sizes.liveUfrag)
 	f.floodRelay(sizes.relay)
+	f.floodNACK(sizes.nack)
 	f.floodWHIP(sizes.whip)
 	f.report()
 }
@@ -950,6 +954,98 @@ func floodOffer(t *testing.T) string {
 		t.Fatal("ICE gathering timed out")
 	}
 	return p.pc.LocalDescription().SDP
+}
+
+// floodNACK makes a third subscriber of the live room send size RTCP NACKs
+// through its real (SRTCP) session, each naming 128 packets among the latest
+// 512 it received, over and over. Answered without limit, each NACK would buy
+// 128 retransmissions; the node's resend policy (sfu/resend.go) must hold
+// them to maxResends per packet sent, account for every packet named
+// (retransmitted, suppressed or missed), and the live subscribers must lose
+// nothing.
+func (f *floodFixture) floodNACK(size uint64) {
+	t := f.t
+	const (
+		perNACK    = 128 // 8 pairs of 16: the node's per-NACK bound
+		window     = 512 // the node's video history
+		maxResends = 3   // sfu's
+	)
+	nk := newSubscriber(t, f.n, "flood")
+	nk.waitConnected()
+	waitPackets(t, nk, 100)
+	ssrc := nk.ssrc.Load()
+	pub0 := f.pub.sent.Load()
+	before := f.n.scrape()
+	accounted := func(mf families) float64 {
+		return floodDelta(before, mf, "oneport_sfu_retransmitted_packets_total") +
+			floodDelta(before, mf, "oneport_sfu_nack_suppressed_total") +
+			floodDelta(before, mf, "oneport_sfu_nack_misses_total")
+	}
+	var asked uint64
+	var last float64
+	var lastChange time.Time
+	r := f.run("rtcp nack from a subscriber", func() (floodCounts, error) {
+		var fc floodCounts
+		start := time.Now()
+		deadline := start.Add(floodSendBudget)
+		pairs := make([]rtcp.NackPair, perNACK/16)
+		pkt := []rtcp.Packet{&rtcp.TransportLayerNack{MediaSSRC: ssrc, Nacks: pairs}}
+		for ; fc.sent < size; fc.sent++ {
+			if fc.sent%256 == 0 && time.Now().After(deadline) {
+				fc.cut = true
+				break
+			}
+			top := uint16(nk.lastSeq.Load())
+			for k := range pairs {
+				off := uint16((int(fc.sent)*perNACK + k*16) % window)
+				pairs[k] = rtcp.NackPair{PacketID: top - (window - 1) + off, LostPackets: 0x7fff}
+			}
+			if err := nk.pc.WriteRTCP(pkt); err != nil {
+				return fc, err
+			}
+		}
+		fc.elapsed = time.Since(start)
+		asked = fc.sent * perNACK
+		return fc, nil
+	}, func(mf families, kd uint64) bool {
+		// Every packet named is accounted for, but for whole NACKs the
+		// kernel or the mux (the nacker's session queue, queue_full)
+		// dropped. pion may also drop RTCP when its read buffer is full:
+		// then the counters stop short, and stopping for a second ends
+		// the wait (the shortfall is reported).
+		a := accounted(mf)
+		dropped := float64(kd) + floodDelta(before, mf, "oneport_mux_drops_total", "reason", "queue_full")
+		if a+perNACK*dropped >= float64(asked) {
+			return true
+		}
+		if a != last || lastChange.IsZero() {
+			last, lastChange = a, time.Now()
+			return false
+		}
+		return time.Since(lastChange) > time.Second
+	})
+	resent := floodDelta(r.before.mf, r.after.mf, "oneport_sfu_retransmitted_packets_total")
+	suppressed := floodDelta(r.before.mf, r.after.mf, "oneport_sfu_nack_suppressed_total")
+	misses := floodDelta(r.before.mf, r.after.mf, "oneport_sfu_nack_misses_total")
+	media := f.pub.sent.Load() - pub0
+	if bound := float64(maxResends * (window + media)); resent > bound {
+		t.Errorf("%s: %.0f retransmissions for %d media packets: more than %d of each", r.res.name, resent, media, maxResends)
+	}
+	if resent == 0 {
+		t.Errorf("%s: no NACK was answered", r.res.name)
+	}
+	if a := resent + suppressed + misses; a > float64(asked) {
+		t.Errorf("%s: %.0f NACKed packets accounted for, %d named", r.res.name, a, asked)
+	}
+	if st := nk.state(); st != webrtc.PeerConnectionStateConnected {
+		t.Errorf("%s: the nacking subscriber is %v", r.res.name, st)
+	}
+	f.checkLogs(r, floodMaxLogLines)
+	muxDropped := floodDelta(r.before.mf, r.after.mf, "oneport_mux_drops_total", "reason", "queue_full")
+	r.res.extra = fmt.Sprintf("%d NACKs naming %d packets; retransmitted %.0f (%.3f per NACK; unbounded: %d), suppressed %.0f, missed %.0f; NACKs dropped by the mux (the nacker's queue) %.0f, otherwise unaccounted %.0f; media packets meanwhile %d",
+		r.fc.sent, asked, resent, resent/float64(max(r.fc.sent, 1)), perNACK, suppressed, misses,
+		muxDropped, float64(asked)-resent-suppressed-misses-perNACK*muxDropped, media)
+	nk.close()
 }
 
 // report logs the table of every flood's figures.

@@ -274,6 +274,9 @@ type subscriber struct {
 	lastAt    time.Time          // arrival of the last one
 	readErr   error              // why the track's reader stopped
 	gaps      []gap              // the latest inter-arrival gaps of at least minGap, at most maxGaps
+
+	ssrc    atomic.Uint32 // the video track's SSRC, once it arrived
+	lastSeq atomic.Uint32 // sequence number of the latest packet read
 }
 
 // seenWindow is how many of the latest counters a subscriber remembers, to
@@ -308,6 +311,7 @@ func newSubscriberOn(t *testing.T, n *node, room, iface string) *subscriber {
 		t.Fatal(err)
 	}
 	s.pc.OnTrack(func(tr *webrtc.TrackRemote, _ *webrtc.RTPReceiver) {
+		s.ssrc.Store(uint32(tr.SSRC()))
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
@@ -319,6 +323,7 @@ func newSubscriberOn(t *testing.T, n *node, room, iface string) *subscriber {
 					s.mu.Unlock()
 					return
 				}
+				s.lastSeq.Store(uint32(pkt.SequenceNumber))
 				s.add(pkt.Payload)
 			}
 		}()
