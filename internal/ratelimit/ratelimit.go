@@ -1,7 +1,8 @@
 // Package ratelimit holds GCRA token buckets: one lock-free bucket shared by
 // all callers (Global) and a bounded table of buckets keyed by source IP
 // (Sources). lbhealth limits STUN health probes with them, sfu limits
-// signaling requests per client IP.
+// signaling requests per client IP. Sources keys an IPv6 address by its /64
+// (see SourceKey).
 //
 // A bucket is one int64, the theoretical arrival time (TAT) of the next
 // conforming event, in nanoseconds on the caller's monotonic clock. A bucket
@@ -73,7 +74,23 @@ const (
 	numShards = 1 << shardBits
 )
 
-// Sources keeps one bucket per source address, at most maxSources in all.
+// SourceKey is the bucket a source address charges: an IPv4 address itself,
+// an IPv6 address its /64. A site, and often a single host, gets at least a
+// /64 (RFC 6177); keyed by the full address, one attacker would have 2^64
+// buckets, each with a fresh burst. a must already be unmapped.
+func SourceKey(a netip.Addr) netip.Addr {
+	if !a.Is6() {
+		return a
+	}
+	p, err := a.Prefix(64)
+	if err != nil {
+		return a
+	}
+	return p.Addr()
+}
+
+// Sources keeps one bucket per source (SourceKey), at most maxSources in
+// all.
 type Sources struct {
 	interval, tolerance int64
 	perShard            int
@@ -121,6 +138,7 @@ func (l *Sources) Allow(a netip.Addr, now int64) bool {
 // Check is Allow that also says, for a refused event, how long until one
 // would conform (for Retry-After).
 func (l *Sources) Check(a netip.Addr, now int64) (bool, time.Duration) {
+	a = SourceKey(a)
 	s := l.shard(a)
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -53,6 +53,32 @@ func TestSourceLimiterPerSource(t *testing.T) {
 	}
 }
 
+// IPv6 sources charge their /64: a host rotating addresses in its prefix
+// shares one bucket; another /64 has its own; IPv4 addresses are their own.
+func TestSourceKeyIPv6Prefix(t *testing.T) {
+	l := NewSources(1, 2, 1024)
+	now := int64(time.Hour)
+	for i, s := range []string{"2001:db8:1:2::1", "2001:db8:1:2:ffff::7", "2001:db8:1:2::1%eth0"} {
+		if got, want := l.Allow(netip.MustParseAddr(s), now), i < 2; got != want {
+			t.Fatalf("%s: allowed %v, want %v (burst 2 per /64)", s, got, want)
+		}
+	}
+	for _, s := range []string{"2001:db8:1:3::1", "192.0.2.1", "192.0.2.2"} {
+		if !l.Allow(netip.MustParseAddr(s), now) {
+			t.Fatalf("%s: refused; its own bucket", s)
+		}
+	}
+	if n := l.Len(); n != 4 {
+		t.Fatalf("%d buckets, want 4", n)
+	}
+	if k := SourceKey(netip.MustParseAddr("2001:db8:1:2:aaaa:bbbb:cccc:dddd")); k != netip.MustParseAddr("2001:db8:1:2::") {
+		t.Fatalf("SourceKey = %v", k)
+	}
+	if testing.AllocsPerRun(100, func() { _ = SourceKey(netip.MustParseAddr("2001:db8::1")) }) != 0 {
+		t.Fatal("SourceKey allocates")
+	}
+}
+
 // TestSourceLimiterBounded: a flood of distinct sources never grows the table
 // past MaxSources; idle sources are forgotten before live ones.
 func TestSourceLimiterBounded(t *testing.T) {
