@@ -266,8 +266,11 @@ func (n *Node) SignalingStats() SignalingStats {
 	return SignalingStats{ForwardedRefused: n.fwdBad.Load()}
 }
 
-// isMemberIP reports whether ip is a live member's gossip IP or the host of
-// its HTTP address (this node included).
+// IsMemberIP reports whether ip (unmapped) is a live member's gossip IP or
+// the host of its HTTP address (this node included). It walks the member
+// list: for a connection or a request, not for a packet.
+func (n *Node) IsMemberIP(ip netip.Addr) bool { return n.isMemberIP(ip) }
+
 func (n *Node) isMemberIP(ip netip.Addr) bool {
 	for _, m := range n.members.list() {
 		if m.state != memberlist.StateAlive {

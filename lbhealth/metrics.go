@@ -33,7 +33,7 @@ type collector struct {
 	sfuRooms, sfuParticipants, sfuTracks, sfuSubscribers *prometheus.Desc
 	sfuForwardedPackets, sfuForwardedBytes, sfuRefused   *prometheus.Desc
 	sfuDrops, sfuRetransmits, sfuNACKMisses              *prometheus.Desc
-	sfuNACKSuppressed                                    *prometheus.Desc
+	sfuNACKSuppressed, httpConns, httpRefused            *prometheus.Desc
 
 	clusterJoined, clusterMembers, clusterDraining *prometheus.Desc
 	relayPackets, relayBytes                       *prometheus.Desc
@@ -72,6 +72,8 @@ func newCollector(h *Health) *collector {
 	c.sfuDrops = d("sfu_dropped_packets_total", "Media packets not sent to a subscriber, by reason.", "reason")
 	c.sfuRetransmits = d("sfu_retransmitted_packets_total", "Packets sent again for subscribers' NACKs.")
 	c.sfuNACKMisses = d("sfu_nack_misses_total", "NACKed packets no longer in the packet history, or too old to help.")
+	c.httpConns = d("http_connections", "Open connections on the signaling listener.")
+	c.httpRefused = d("http_refused_connections_total", "Signaling connections closed at accept, by reason (max_conns, max_per_ip).", "reason")
 	c.sfuNACKSuppressed = d("sfu_nack_suppressed_total", "NACKed packets not resent: resent to that subscriber within its RTT, or 3 times already.")
 
 	c.clusterJoined = d("cluster_joined", "1 while the node is a cluster member (absent without --join).")
@@ -145,6 +147,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.sfuRetransmits, st.Retransmits)
 		counter(c.sfuNACKMisses, st.NACKMisses)
 		counter(c.sfuNACKSuppressed, st.NACKSuppressed)
+		gauge(c.httpConns, float64(st.HTTPConns))
+		for _, r := range mergeDrops(st.HTTPRefused) {
+			counter(c.httpRefused, r.Packets, r.Reason)
+		}
 	}
 	if h.cfg.Cluster != nil {
 		gauge(c.clusterJoined, b2f(h.cfg.Cluster.Joined() == nil))

@@ -84,7 +84,8 @@ func TestMetricsFollowSources(t *testing.T) {
 				Forwarded:   Traffic{Packets: 50 * k, Bytes: 5000 * k},
 				Refused:     []DropCount{{Reason: "room_full", Packets: 6 * k}, {Reason: "rate_limited", Packets: 7 * k}},
 				Drops:       []DropCount{{Reason: "queue_full", Packets: 8 * k}, {Reason: "late", Packets: 9 * k}},
-				Retransmits: 10 * k, NACKMisses: 11 * k, NACKSuppressed: 12 * k}
+				Retransmits: 10 * k, NACKMisses: 11 * k, NACKSuppressed: 12 * k,
+				HTTPConns: 13 * k, HTTPRefused: []DropCount{{Reason: "max_per_ip", Packets: 14 * k}}}
 			f.cluster = ClusterStats{Members: [NumMemberStates]uint64{MemberAlive: 3, MemberSuspect: k},
 				Draining: 1, RelayIn: Traffic{Packets: 7 * k, Bytes: 700 * k}, RelayOut: Traffic{Packets: 8 * k}}
 		})
@@ -112,6 +113,8 @@ func TestMetricsFollowSources(t *testing.T) {
 		wantValue(t, fams, 10*k, "oneport_sfu_retransmitted_packets_total")
 		wantValue(t, fams, 11*k, "oneport_sfu_nack_misses_total")
 		wantValue(t, fams, 12*k, "oneport_sfu_nack_suppressed_total")
+		wantValue(t, fams, 13*k, "oneport_http_connections")
+		wantValue(t, fams, 14*k, "oneport_http_refused_connections_total", "reason", "max_per_ip")
 		wantValue(t, fams, 5000*k, "oneport_sfu_forwarded_bytes_total")
 		wantValue(t, fams, 3, "oneport_cluster_members", "state", "alive")
 		wantValue(t, fams, k, "oneport_cluster_members", "state", "suspect")

@@ -145,6 +145,11 @@ type SFUStats struct {
 	// NACKSuppressed, repeats the resend policy refused (within the
 	// subscriber's RTT of the last resend, or resent 3 times already).
 	Retransmits, NACKMisses, NACKSuppressed uint64
+	// HTTPConns is the signaling listener's open connections; HTTPRefused
+	// counts connections it closed at accept, by reason ("max_conns",
+	// "max_per_ip").
+	HTTPConns   uint64
+	HTTPRefused []DropCount
 }
 
 // MemberState is the state of a cluster member as gossip sees it.

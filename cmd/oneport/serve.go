@@ -19,6 +19,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/oneport/oneport/cluster"
+	"github.com/oneport/oneport/internal/connlimit"
 	"github.com/oneport/oneport/lbhealth"
 	"github.com/oneport/oneport/mux"
 	"github.com/oneport/oneport/sfu"
@@ -58,6 +59,10 @@ func serveCommand() *cli.Command {
 				Usage: "publishers and subscribers in one room; one more gets 403 room full (default 1000)"},
 			&cli.Float64Flag{Name: "signaling-rate", EnvVars: env("signaling-rate"),
 				Usage: "WHIP/WHEP POST, PATCH and DELETE requests per second per client IP, burst twice that; beyond, 429 with Retry-After (default 20; negative: off)"},
+			&cli.IntFlag{Name: "max-http-conns", EnvVars: env("max-http-conns"),
+				Usage: "open connections on the --http listener; more are closed at accept (default 16384)"},
+			&cli.IntFlag{Name: "max-http-conns-per-ip", EnvVars: env("max-http-conns-per-ip"),
+				Usage: "open --http connections per client IP (IPv6: per /64), cluster members exempt; more are closed at accept (default 512)"},
 			&cli.StringFlag{Name: "admin-token", EnvVars: env("admin-token"),
 				Usage: "bearer token for POST /admin/drain and /admin/undrain (default: none, admin endpoints off)"},
 			&cli.DurationFlag{Name: "drain-timeout", Value: 10 * time.Minute, EnvVars: env("drain-timeout"),
@@ -231,13 +236,27 @@ func serve(c *cli.Context) error {
 		membership = lbhealth.MembershipFunc(node.Joined)
 	}
 
+	// The signaling listener, bounded in connections: members proxy many
+	// clients' requests, so only the total bounds them.
+	httpLn, err := listenHTTP(c.String("http"), connlimit.Config{
+		MaxConns: c.Int("max-http-conns"),
+		MaxPerIP: c.Int("max-http-conns-per-ip"),
+		Exempt:   node.IsMemberIP,
+	})
+	if err != nil {
+		return fmt.Errorf("--http: %w", err)
+	}
+	defer httpLn.Close() // a no-op once the server has it: it closes its listeners
+
 	var servers []*http.Server
 	health, err := lbhealth.New(lbhealth.Config{
 		Cluster:  membership,
 		Sockets:  lbhealth.SocketsFunc(m.Bound),
 		Sessions: lbhealth.SessionCounterFunc(m.Sessions),
 		Media:    lbhealth.MediaSourceFunc(func() lbhealth.MediaStats { return mediaStats(m.Stats()) }),
-		SFU:      lbhealth.SFUSourceFunc(func() lbhealth.SFUStats { return sfuStats(srv.Stats()) }),
+		SFU: lbhealth.SFUSourceFunc(func() lbhealth.SFUStats {
+			return withHTTPStats(sfuStats(srv.Stats()), httpLn.Stats())
+		}),
 		ClusterStats: lbhealth.ClusterSourceFunc(func() lbhealth.ClusterStats {
 			return clusterStats(node.Members(), m.Stats())
 		}),
@@ -264,17 +283,14 @@ func serve(c *cli.Context) error {
 	go announceDraining(health.Drainer(), node)
 
 	errc := make(chan error, 2)
-	hs, err := startHTTP(c.String("http"), routes(srv, health, node), errc)
-	if err != nil {
-		return fmt.Errorf("--http: %w", err)
-	}
+	hs := serveHTTP(httpLn, routes(srv, health, node), errc)
 	servers = append(servers, hs)
 	if addr := c.String("health"); addr != "" {
-		h2, err := startHTTP(addr, health.Handler(), errc)
+		ln, err := net.Listen("tcp", addr)
 		if err != nil {
 			return fmt.Errorf("--health: %w", err)
 		}
-		servers = append(servers, h2)
+		servers = append(servers, serveHTTP(ln, health.Handler(), errc))
 	}
 
 	var adv []string
@@ -363,19 +379,29 @@ func defaultAdvertise(listen *net.UDPAddr) string {
 	return "127.0.0.1"
 }
 
-// startHTTP serves h on addr; a failure of the server lands in errc.
-func startHTTP(addr string, h http.Handler, errc chan<- error) (*http.Server, error) {
+// listenHTTP listens on addr with cfg's connection bounds.
+func listenHTTP(addr string, cfg connlimit.Config) (*connlimit.Listener, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
+	l, err := connlimit.New(ln, cfg)
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+// serveHTTP serves h on ln; a failure of the server lands in errc.
+func serveHTTP(ln net.Listener, h http.Handler, errc chan<- error) *http.Server {
 	hs := sfu.NewHTTPServer(ln.Addr().String(), h)
 	go func() {
 		if err := hs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			errc <- fmt.Errorf("http %s: %w", ln.Addr(), err)
 		}
 	}()
-	return hs, nil
+	return hs
 }
 
 // shutdownHTTP stops the listeners; event streams never end by themselves,

@@ -2,6 +2,7 @@ package main
 
 import (
 	"github.com/oneport/oneport/cluster"
+	"github.com/oneport/oneport/internal/connlimit"
 	"github.com/oneport/oneport/lbhealth"
 	"github.com/oneport/oneport/mux"
 	"github.com/oneport/oneport/sfu"
@@ -67,4 +68,14 @@ func clusterStats(members []cluster.Member, st mux.Stats) lbhealth.ClusterStats 
 	out.RelayIn = lbhealth.Traffic{Packets: st.RelayFramesIn, Bytes: st.RelayBytesIn}
 	out.RelayOut = lbhealth.Traffic{Packets: st.RelayFramesOut, Bytes: st.RelayBytesOut}
 	return out
+}
+
+// withHTTPStats adds the signaling listener's connection counts.
+func withHTTPStats(st lbhealth.SFUStats, hs connlimit.Stats) lbhealth.SFUStats {
+	st.HTTPConns = uint64(hs.Open)
+	st.HTTPRefused = []lbhealth.DropCount{
+		{Reason: "max_conns", Packets: hs.RefusedTotal},
+		{Reason: "max_per_ip", Packets: hs.RefusedPerIP},
+	}
+	return st
 }
