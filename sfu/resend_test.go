@@ -75,10 +75,19 @@ func TestResendPolicy(t *testing.T) {
 	if st.nackMisses.Load() != 1 || w.n != 200+maxResends {
 		t.Fatalf("too old: misses %d, sent %d", st.nackMisses.Load(), w.n-200)
 	}
-	// The same packet just inside the age is resent.
+	// A packet just inside the age is resent.
 	d.retransmit(first+199, 199*ms+int64(maxRetransmitAge))
 	if w.n != 200+maxResends+1 {
 		t.Fatalf("inside the age: not resent")
+	}
+
+	// A long measured RTT spaces resends by itself, not by the default.
+	d.rtt.Store(int64(300 * time.Millisecond))
+	for _, at := range []int64{1000, 1150, 1299, 1300} {
+		d.retransmit(first+180, at*ms)
+	}
+	if w.n != 200+maxResends+3 {
+		t.Fatalf("RTT 300 ms: %d resends at 1000, 1150, 1299, 1300 ms, want 2", w.n-200-maxResends-1)
 	}
 }
 
