@@ -221,6 +221,7 @@ type Node struct {
 	proxy   *http.Transport // signaling to other nodes (signaling.go)
 	fwdKey  []byte          // signs and verifies ForwardedAuthHeader; nil without a cluster key
 	fwdBad  atomic.Uint64   // requests whose forwarded headers did not verify
+	proxied atomic.Uint64   // requests proxied to another node
 
 	mu       sync.Mutex
 	meta     Meta // guarded by mu: what NodeMeta announces

@@ -259,11 +259,13 @@ type SignalingStats struct {
 	// but were not proxied by a member (bad or missing signature, or not
 	// from a member's IP): each was served as a client request.
 	ForwardedRefused uint64 `json:"forwarded_refused"`
+	// Proxied counts requests this node proxied to another.
+	Proxied uint64 `json:"proxied"`
 }
 
 // SignalingStats returns the signaling wrapper's counters.
 func (n *Node) SignalingStats() SignalingStats {
-	return SignalingStats{ForwardedRefused: n.fwdBad.Load()}
+	return SignalingStats{ForwardedRefused: n.fwdBad.Load(), Proxied: n.proxied.Load()}
 }
 
 // IsMemberIP reports whether ip (unmapped) is a live member's gossip IP or
@@ -459,6 +461,7 @@ func (s *signaling) forward(w http.ResponseWriter, r *http.Request, m Member, ro
 		return
 	}
 	ctx := context.WithValue(r.Context(), targetKey{}, target{node: m.Name, addr: m.Meta.HTTP, room: room})
+	s.n.proxied.Add(1)
 	s.proxy.ServeHTTP(w, r.WithContext(ctx))
 }
 

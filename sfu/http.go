@@ -1,6 +1,7 @@
 package sfu
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
@@ -136,25 +137,59 @@ func refusalOf(err error) (refusal, bool) {
 
 // rateLimited charges a signaling request (POST, PATCH, DELETE) to its
 // client IP (Config.ClientIP) and answers 429 with Retry-After beyond
-// SignalingRate. It runs before authorization, so unauthenticated floods
-// are bounded too.
+// SignalingRate, unless RateLimit in front has charged it already. It runs
+// before authorization, so unauthenticated floods are bounded too.
 func (s *Server) rateLimited(h http.HandlerFunc) http.HandlerFunc {
 	if s.limiter == nil {
 		return h
 	}
 	return func(w http.ResponseWriter, r *http.Request) {
-		ip := s.cfg.ClientIP(r)
-		ok, wait := s.limiter.Check(ip, s.mono())
-		if !ok {
-			s.stats.refused[refusedRate].Add(1)
-			secs := max(1, int64((wait+time.Second-1)/time.Second))
-			w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
-			http.Error(w, fmt.Sprintf("sfu: rate limited: more than %g signaling requests/s from %v", s.cfg.SignalingRate, ip),
-				http.StatusTooManyRequests)
+		if r.Context().Value(chargedKey{}) != nil || s.admit(w, r) {
+			h(w, r)
+		}
+	}
+}
+
+// chargedKey marks a request's context once RateLimit has charged it.
+type chargedKey struct{}
+
+// RateLimit charges every POST, PATCH and DELETE to its client IP before h
+// sees it, as the sfu's own signaling endpoints do, and marks it so they do
+// not charge it again. For a handler in front of the sfu's, the cluster's
+// signaling proxy: a request this node proxies to a room's owner is then
+// bounded here too, not only at the owner, so a flood aimed at another
+// node's rooms costs this node a 429 each, not a proxied request.
+func (s *Server) RateLimit(h http.Handler) http.Handler {
+	if s.limiter == nil {
+		return h
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.Method {
+		case http.MethodPost, http.MethodPatch, http.MethodDelete:
+		default:
+			h.ServeHTTP(w, r)
 			return
 		}
-		h(w, r)
+		if s.admit(w, r) {
+			h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), chargedKey{}, true)))
+		}
+	})
+}
+
+// admit charges r to its client IP; beyond SignalingRate it answers 429 with
+// Retry-After and reports false.
+func (s *Server) admit(w http.ResponseWriter, r *http.Request) bool {
+	ip := s.cfg.ClientIP(r)
+	ok, wait := s.limiter.Check(ip, s.mono())
+	if ok {
+		return true
 	}
+	s.stats.refused[refusedRate].Add(1)
+	secs := max(1, int64((wait+time.Second-1)/time.Second))
+	w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
+	http.Error(w, fmt.Sprintf("sfu: rate limited: more than %g signaling requests/s from %v", s.cfg.SignalingRate, ip),
+		http.StatusTooManyRequests)
+	return false
 }
 
 var errUnsupportedMedia = errors.New("sfu: unsupported content type")

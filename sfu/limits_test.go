@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -193,6 +194,43 @@ func TestLimitSignalingRatePerIP(t *testing.T) {
 			t.Fatalf("after waiting: %d %s", res.code, res.body)
 		}
 		time.Sleep(10 * time.Millisecond) // polling interval, not synchronization
+	}
+}
+
+// RateLimit in front of the sfu's handler (the cluster's signaling proxy
+// sits between them) charges each signaling request once: the sfu does not
+// charge it again. A request refused there never reaches what it wraps (a
+// proxied request never leaves the node), and reads pass uncharged.
+func TestRateLimitInFront(t *testing.T) {
+	const burst = 3
+	e := newTestEnv(t, func(c *Config) { c.SignalingRate, c.SignalingBurst = 0.001, burst })
+	var reached []string
+	front := e.srv.RateLimit(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		reached = append(reached, r.Method+" "+r.URL.Path)
+		if strings.HasPrefix(r.URL.Path, "/whip/local") || r.Method == http.MethodGet {
+			e.srv.Handler().ServeHTTP(w, r) // served here
+			return
+		}
+		w.WriteHeader(http.StatusAccepted) // stands for proxying to the owner
+	}))
+	hs := httptest.NewServer(front)
+	defer hs.Close()
+	a := clientFrom(t, "127.0.0.1")
+	codes := []int{}
+	for _, path := range []string{"/whip/local/nope", "/whip/remote/nope", "/whip/local/nope", "/whip/remote/nope", "/whip/local/nope"} {
+		codes = append(codes, doWith(t, a, "DELETE", hs.URL+path, "", "").code)
+	}
+	if want := []int{404, 202, 404, 429, 429}; !slices.Equal(codes, want) {
+		t.Fatalf("codes %v, want %v (a burst of 3 charged once each, local or proxied)", codes, want)
+	}
+	if len(reached) != burst {
+		t.Fatalf("%d requests got past RateLimit, want %d: %v", len(reached), burst, reached)
+	}
+	if res := doWith(t, a, "GET", hs.URL+"/api/rooms", "", ""); res.code != 200 {
+		t.Fatalf("GET over the rate: %d", res.code)
+	}
+	if st := e.srv.Stats(); st.Refused.RateLimited != 2 {
+		t.Fatalf("rate_limited %d, want 2", st.Refused.RateLimited)
 	}
 }
 

@@ -15,7 +15,9 @@ import (
 // for rooms this node does not own are proxied to their owner, and GET
 // /api/cluster describes the cluster.
 func clusterSignaling(srv *sfu.Server, node *cluster.Node) http.Handler {
-	return node.Signaling(srv.Handler())
+	// Charged before routing: a request proxied to another node counts
+	// against the client here as well as at the owner.
+	return srv.RateLimit(node.Signaling(srv.Handler()))
 }
 
 // roomOwner lets the sfu, built before the cluster node, release the rooms

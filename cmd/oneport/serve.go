@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"strconv"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -203,10 +204,22 @@ func serve(c *cli.Context) error {
 	if advertise == "" {
 		advertise = defaultAdvertise(listen)
 	}
-	httpPort := "8080"
-	if _, p, err := net.SplitHostPort(c.String("http")); err == nil && p != "0" {
-		httpPort = p
+	// The signaling listener, bounded in connections: members proxy many
+	// clients' requests, so only the total bounds them. Opened before the
+	// cluster node, which announces its port (--http :0 included).
+	httpLn, err := listenHTTP(c.String("http"), connlimit.Config{
+		MaxConns: c.Int("max-http-conns"),
+		MaxPerIP: c.Int("max-http-conns-per-ip"),
+		Exempt: func(ip netip.Addr) bool {
+			n := owner.node.Load()
+			return n != nil && n.IsMemberIP(ip)
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("--http: %w", err)
 	}
+	defer httpLn.Close() // a no-op once the server has it: it closes its listeners
+	httpPort := strconv.Itoa(httpLn.Addr().(*net.TCPAddr).Port)
 	node, err := cluster.New(cluster.Config{
 		Identity:  id,
 		NodeName:  c.String("node-name"),
@@ -235,18 +248,6 @@ func serve(c *cli.Context) error {
 	if len(c.StringSlice("join")) > 0 {
 		membership = lbhealth.MembershipFunc(node.Joined)
 	}
-
-	// The signaling listener, bounded in connections: members proxy many
-	// clients' requests, so only the total bounds them.
-	httpLn, err := listenHTTP(c.String("http"), connlimit.Config{
-		MaxConns: c.Int("max-http-conns"),
-		MaxPerIP: c.Int("max-http-conns-per-ip"),
-		Exempt:   node.IsMemberIP,
-	})
-	if err != nil {
-		return fmt.Errorf("--http: %w", err)
-	}
-	defer httpLn.Close() // a no-op once the server has it: it closes its listeners
 
 	var servers []*http.Server
 	health, err := lbhealth.New(lbhealth.Config{

@@ -77,7 +77,7 @@ func startNode(t *testing.T, ip string, join ...string) *node {
 		t.Fatal(err)
 	}
 	owner.Store(n.cl)
-	n.hs = sfu.NewHTTPServer(ln.Addr().String(), n.cl.Signaling(n.srv.Handler()))
+	n.hs = sfu.NewHTTPServer(ln.Addr().String(), n.srv.RateLimit(n.cl.Signaling(n.srv.Handler())))
 	n.url = "http://" + ln.Addr().String()
 	go n.hs.Serve(ln)
 	t.Cleanup(n.close)
