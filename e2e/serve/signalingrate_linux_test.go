@@ -43,7 +43,9 @@ func TestSignalingRateAtIngress(t *testing.T) {
 	// are placed on b. Each is refused (415) by whichever node serves it.
 	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 9)}, Timeout: 5 * time.Second}
 	cl := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) { return d.DialContext(ctx, network, addr) },
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return d.DialContext(ctx, network, addr)
+		},
 	}}
 	defer cl.CloseIdleConnections()
 	const n = 400
