@@ -74,8 +74,8 @@ func clusterStats(members []cluster.Member, st mux.Stats) lbhealth.ClusterStats 
 func withHTTPStats(st lbhealth.SFUStats, hs connlimit.Stats) lbhealth.SFUStats {
 	st.HTTPConns = uint64(hs.Open)
 	st.HTTPRefused = []lbhealth.DropCount{
-		{Reason: "max_conns", Packets: hs.RefusedTotal},
-		{Reason: "max_per_ip", Packets: hs.RefusedPerIP},
+		{Reason: connlimit.ReasonMaxConns, Packets: hs.RefusedTotal},
+		{Reason: connlimit.ReasonMaxPerIP, Packets: hs.RefusedPerIP},
 	}
 	return st
 }

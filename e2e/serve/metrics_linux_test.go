@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/oneport/oneport/internal/connlimit"
 	"github.com/oneport/oneport/mux"
 	"github.com/oneport/oneport/sfu"
 )
@@ -18,6 +19,7 @@ func allowedLabels() map[string][]string {
 	}
 	reasons = append(reasons, sfu.RefusalReasons[:]...)
 	reasons = append(reasons, "late", "duplicate") // oneport_sfu_dropped_packets_total; queue_full is the mux's too
+	reasons = append(reasons, connlimit.ReasonMaxConns, connlimit.ReasonMaxPerIP)
 	return map[string][]string{
 		"direction": {"in", "out"},
 		"class":     {"stun", "dtls", "rtp", "other"},

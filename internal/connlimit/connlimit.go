@@ -149,6 +149,12 @@ func (l *Listener) release(key netip.Addr, perIP bool) {
 	}
 }
 
+// Refusal reasons, as metric labels: RefusedTotal's and RefusedPerIP's.
+const (
+	ReasonMaxConns = "max_conns"
+	ReasonMaxPerIP = "max_per_ip"
+)
+
 // Stats is a snapshot of a Listener.
 type Stats struct {
 	Open         int    // connections open
