@@ -25,10 +25,13 @@
 // and restart every node but a room's owner (the room never ends or splits).
 // The flood tests (flood_linux_test.go) throw a million random STUN checks,
 // a million junk datagrams, spoofed checks for a live ufrag, relay frames
-// from strangers and with bad MACs, and WHIP POST floods at a node holding
-// live sessions, and check that the sessions lose nothing, memory stays
-// bounded, every datagram is counted by reason and nothing is logged per
-// packet.
+// from strangers and with bad MACs, RTCP NACKs from a subscriber asking for
+// everything again and again, and WHIP POST floods at a node holding live
+// sessions, and check that the sessions lose nothing, memory stays bounded,
+// every datagram is counted by reason and nothing is logged per packet. The
+// HTTP limits are tested the same way: connections per client IP and in all
+// (httpconns_linux_test.go), and the signaling rate charged at the node a
+// request reaches before the cluster proxies it (signalingrate_linux_test.go).
 //
 // Every process a test starts is killed by PID in its clean-up, every wait has
 // a deadline, and no test sleeps to synchronize. Under -race the binary is
