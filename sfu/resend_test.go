@@ -188,3 +188,72 @@ func TestPendingNACKsBounded(t *testing.T) {
 		t.Fatalf("queued %d after draining, want %d", q, maxNACKPerPacket)
 	}
 }
+
+// FuzzSubscriberRTCP feeds a subscriber's RTCP, as pion hands it to the
+// downTrack's reader (a compound packet, parsed by pion/rtcp), to the NACK
+// and receiver-report handling, at fuzzed times: whatever it says, each
+// packet is resent at most maxResends times, every NACKed sequence number is
+// accounted for, and the RTT taken is within [0, maxRTT].
+func FuzzSubscriberRTCP(f *testing.F) {
+	nack, _ := (&rtcp.TransportLayerNack{MediaSSRC: 4242, Nacks: []rtcp.NackPair{{PacketID: 5, LostPackets: 0xffff}}}).Marshal()
+	rr, _ := (&rtcp.ReceiverReport{Reports: []rtcp.ReceptionReport{{SSRC: 4242, LastSenderReport: 1, Delay: 2}}}).Marshal()
+	f.Add(append(nack, rr...), uint16(3), uint32(0))
+	f.Add(nack, uint16(0xfff0), uint32(7))
+	f.Fuzz(func(t *testing.T, raw []byte, first uint16, step uint32) {
+		pkts, err := rtcp.Unmarshal(raw)
+		if err != nil || len(pkts) > 64 {
+			return
+		}
+		w := &fakeWriter{}
+		tr, d, sub := newBareDown(t, nil, w)
+		sub.s.fan = newFanout(1, 4096, nil)
+		sub.worker = sub.s.fan.assign()
+		const sent = 64
+		for i := range sent {
+			p := []byte{0x10, 0x11, 0x02, 0x00, byte(i)}
+			if i == 0 {
+				p[1] = 0x10
+			}
+			tr.forward(tr.layers[0], rtpPacket(first+uint16(i), uint32(i*3000), 77, p), int64(i)*int64(time.Millisecond))
+			drain(sub)
+		}
+		st := &sub.s.stats
+		named := uint64(0)
+		now := int64(sent) * int64(time.Millisecond)
+		wall := time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
+		for round := range 4 { // the same RTCP again, as a repeating receiver would
+			for _, p := range pkts {
+				switch pk := p.(type) {
+				case *rtcp.TransportLayerNack:
+					before := st.retransmits.Load() + st.nackSuppressed.Load() + st.nackMisses.Load()
+					d.queueNACK(pk, now)
+					drain(sub)
+					n := uint64(0)
+					for _, pair := range pk.Nacks {
+						pair.Range(func(uint16) bool { n++; return true })
+					}
+					named += n
+					if got := st.retransmits.Load() + st.nackSuppressed.Load() + st.nackMisses.Load() - before; got != n {
+						t.Fatalf("round %d: %d outcomes for the %d sequence numbers a NACK named", round, got, n)
+					}
+				case *rtcp.ReceiverReport:
+					d.receiverReport(pk, wall)
+					if rtt := time.Duration(d.rtt.Load()); rtt < 0 || rtt > maxRTT {
+						t.Fatalf("rtt %v", rtt)
+					}
+				}
+			}
+			now += int64(step)
+			wall = wall.Add(time.Duration(step))
+		}
+		if got := st.retransmits.Load() + st.nackSuppressed.Load() + st.nackMisses.Load(); got != named {
+			t.Fatalf("%d outcomes for %d sequence numbers named", got, named)
+		}
+		if r := st.retransmits.Load(); r > maxResends*sent {
+			t.Fatalf("%d retransmissions of %d packets", r, sent)
+		}
+		if p := sub.nackPending.Load(); p != 0 {
+			t.Fatalf("%d NACKs pending after the worker ran", p)
+		}
+	})
+}
